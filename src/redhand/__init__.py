@@ -1,0 +1,5 @@
+"""redhand: catch native Linux programs red-handed."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,252 @@
+"""The one model: registers, mappings, frames and backtraces.
+
+A live snapshot and a core file both become a :class:`~redhand.target.Target`
+made of these values; nothing downstream asks where they came from.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import overload
+
+# The order of ``struct user_regs_struct`` in <sys/user.h> (x86_64), which is
+# also the layout of NT_PRSTATUS's pr_reg and of PTRACE_GETREGSET NT_PRSTATUS.
+USER_REGS_FIELDS = (
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+    "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+    "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+)  # fmt: skip
+
+# DWARF register numbers of the x86_64 psABI (figure 3.36).
+DWARF_REGISTERS = (
+    "rax", "rdx", "rcx", "rbx", "rsi", "rdi", "rbp", "rsp",
+    "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip",
+)  # fmt: skip
+DWARF_RA = 16  # the return address column: rip
+DWARF_SP = 7
+DWARF_FP = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Registers:
+    """The general-purpose registers of one thread (x86_64 user_regs_struct)."""
+
+    r15: int = 0
+    r14: int = 0
+    r13: int = 0
+    r12: int = 0
+    rbp: int = 0
+    rbx: int = 0
+    r11: int = 0
+    r10: int = 0
+    r9: int = 0
+    r8: int = 0
+    rax: int = 0
+    rcx: int = 0
+    rdx: int = 0
+    rsi: int = 0
+    rdi: int = 0
+    orig_rax: int = 0
+    rip: int = 0
+    cs: int = 0
+    eflags: int = 0
+    rsp: int = 0
+    ss: int = 0
+    fs_base: int = 0
+    gs_base: int = 0
+    ds: int = 0
+    es: int = 0
+    fs: int = 0
+    gs: int = 0
+
+    @classmethod
+    def from_user_regs(cls, values: Sequence[int]) -> Registers:
+        """Build from the 27 words of user_regs_struct, in their order."""
+        return cls(*values[: len(USER_REGS_FIELDS)])
+
+    @property
+    def pc(self) -> int:
+        return self.rip
+
+    @property
+    def sp(self) -> int:
+        return self.rsp
+
+    @property
+    def fp(self) -> int:
+        return self.rbp
+
+    def dwarf(self) -> dict[int, int]:
+        """The registers by DWARF number (0-16, 16 being rip)."""
+        return {number: getattr(self, name) for number, name in enumerate(DWARF_REGISTERS)}
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """One line of /proc/PID/maps, or one PT_LOAD/NT_FILE entry of a core."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int = 0
+    dev: str = "00:00"
+    inode: int = 0
+    path: str | None = None
+    """The path as the process saw it, or a pseudo-name like ``[stack]``; None if anonymous."""
+
+    def contains(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def readable(self) -> bool:
+        return self.perms[:1] == "r"
+
+    @property
+    def writable(self) -> bool:
+        return self.perms[1:2] == "w"
+
+    @property
+    def executable(self) -> bool:
+        return self.perms[2:3] == "x"
+
+    @property
+    def is_file(self) -> bool:
+        """Backed by a file (not anonymous, not a pseudo-mapping like [heap])."""
+        return bool(self.path) and not self.path.startswith("[") and self.inode != 0  # type: ignore[union-attr]
+
+
+class Trust(enum.StrEnum):
+    """How a frame was found, from most to least certain."""
+
+    CONTEXT = "context"  # the thread's own registers: frame 0, or a signal frame's saved context
+    CFI = "cfi"  # DWARF call-frame information
+    FP = "fp"  # the frame-pointer chain
+    SCAN = "scan"  # a plausible return address found by scanning the stack
+
+
+class EndReason(enum.StrEnum):
+    """Why a backtrace ends."""
+
+    OUTERMOST = "outermost"  # reached the thread's first frame (_start, clone)
+    NO_UNWIND_INFO = "no-unwind-info"  # no CFI for the pc and no usable frame pointer
+    UNREADABLE_MEMORY = "unreadable-memory"  # the next frame's data could not be read
+    BAD_PC = "bad-pc"  # the return address points to no executable code
+    LOOP = "loop"  # the stack pointer stopped growing: unwinding would loop
+    LIMIT = "limit"  # the frame limit was reached
+    NO_REGISTERS = "no-registers"  # the thread's registers are unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame of a backtrace, innermost first.
+
+    ``function`` is None when the pc resolves to no symbol; then ``module``
+    and ``offset`` (from the module's load address) still place it.  When the
+    name is only the nearest preceding symbol of a stripped binary,
+    ``exact`` is False.  ``file``, ``line`` and ``column`` are None when the
+    module has no usable line information.
+    """
+
+    index: int
+    pc: int
+    sp: int
+    trust: Trust
+    function: str | None = None
+    offset: int | None = None
+    """pc minus the function's start; or, when ``function`` is None, pc minus the module's base."""
+    module: str | None = None
+    build_id: str | None = None
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    inlined: bool = False
+    exact: bool = True
+    """False when ``function`` is the nearest symbol below pc rather than one known to contain it."""
+    signal_frame: bool = False
+    """This frame was interrupted by a signal: its pc is exact, not a return address."""
+
+    @property
+    def module_name(self) -> str | None:
+        return self.module.rsplit("/", 1)[-1] if self.module else None
+
+    def location(self) -> str:
+        """``function+0x1a`` or ``libfoo.so+0x1234`` or ``0x7f00...``."""
+        if self.function is not None:
+            return f"{self.function}+{self.offset:#x}" if self.offset else self.function
+        if self.module is not None and self.offset is not None:
+            return f"{self.module_name}+{self.offset:#x}"
+        return f"{self.pc:#x}"
+
+    def __str__(self) -> str:
+        text = f"#{self.index:<2} {self.pc:#018x} in {self.location()}"
+        if self.file is not None:
+            text += f" at {self.file}:{self.line}"
+        elif self.module is not None and self.function is not None:
+            text += f" ({self.module_name})"
+        return text
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.index,
+            "pc": self.pc,
+            "sp": self.sp,
+            "function": self.function,
+            "offset": self.offset,
+            "module": self.module,
+            "build_id": self.build_id,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "inlined": self.inlined,
+            "trust": str(self.trust),
+            "exact": self.exact,
+        }
+
+
+class Backtrace(Sequence[Frame]):
+    """The frames of one thread, innermost first, and why the trace ends.
+
+    ``truncated`` counts frames that exist but were not unwound because of a
+    frame limit (only known when the limit was hit; otherwise 0).
+    """
+
+    __slots__ = ("_frames", "end", "end_detail")
+
+    def __init__(
+        self, frames: Sequence[Frame], end: EndReason, end_detail: str | None = None
+    ) -> None:
+        self._frames = tuple(frames)
+        self.end = end
+        self.end_detail = end_detail
+
+    @overload
+    def __getitem__(self, index: int) -> Frame: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Frame]: ...
+    def __getitem__(self, index: int | slice) -> Frame | Sequence[Frame]:
+        return self._frames[index]
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __iter__(self) -> Iterator[Frame]:
+        return iter(self._frames)
+
+    def __str__(self) -> str:
+        return "\n".join(str(frame) for frame in self._frames)
+
+    def __repr__(self) -> str:
+        return f"<Backtrace {len(self)} frames, end={self.end}>"
+
+    def key(self) -> tuple[tuple[int, str | None], ...]:
+        """What two threads must share to be grouped as having the same stack."""
+        return tuple((frame.pc, frame.function) for frame in self._frames)
