@@ -1,5 +1,77 @@
-"""redhand: catch native Linux programs red-handed."""
+"""redhand: catch native Linux programs red-handed.
+
+``redhand.attach(pid)`` captures a live process and returns a :class:`Target`;
+its ``threads`` each have a ``backtrace()``, a sequence of :class:`Frame`.
+"""
 
 from __future__ import annotations
 
+from redhand.errors import (
+    AlreadyTraced,
+    ElfError,
+    FileNotFound,
+    KernelThread,
+    MemoryReadError,
+    PermissionDenied,
+    ProcessError,
+    ProcessExited,
+    ProcessNotFound,
+    RedhandError,
+    UnsupportedElf,
+    ZombieProcess,
+)
+from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from redhand.target.live import attach
+    from redhand.target.module import Module
+    from redhand.target.target import Target, Thread
+
+# Imported on first use: `import redhand` stays cheap, and the model and the
+# errors are usable without the live-process and ELF machinery.
+_LAZY = {
+    "attach": "redhand.target.live",
+    "Module": "redhand.target.module",
+    "Target": "redhand.target.target",
+    "Thread": "redhand.target.target",
+}
+
+
+def __getattr__(name: str) -> object:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'redhand' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyTraced",
+    "Backtrace",
+    "ElfError",
+    "EndReason",
+    "FileNotFound",
+    "Frame",
+    "KernelThread",
+    "Mapping",
+    "MemoryReadError",
+    "Module",
+    "PermissionDenied",
+    "ProcessError",
+    "ProcessExited",
+    "ProcessNotFound",
+    "RedhandError",
+    "Registers",
+    "Target",
+    "Thread",
+    "Trust",
+    "UnsupportedElf",
+    "ZombieProcess",
+    "__version__",
+    "attach",
+]

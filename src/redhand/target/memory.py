@@ -50,7 +50,10 @@ class RegionMemory:
 
     def regions(self) -> list[tuple[int, int]]:
         """The ``(start, end)`` ranges held, in address order."""
-        return [(start, start + len(data)) for start, data in zip(self._starts, self._datas)]
+        return [
+            (start, start + len(data))
+            for start, data in zip(self._starts, self._datas, strict=True)
+        ]
 
     def read(self, address: int, size: int) -> bytes:
         index = bisect.bisect_right(self._starts, address) - 1

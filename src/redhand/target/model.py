@@ -170,7 +170,7 @@ class Frame:
     column: int | None = None
     inlined: bool = False
     exact: bool = True
-    """False when ``function`` is the nearest symbol below pc rather than one known to contain it."""
+    """False when ``function`` is only the nearest symbol below pc, not one known to hold it."""
     signal_frame: bool = False
     """This frame was interrupted by a signal: its pc is exact, not a return address."""
 

@@ -1,0 +1,43 @@
+"""Unwinding: DWARF CFI, frame pointers and the per-frame strategy chain."""
+
+from __future__ import annotations
+
+from redhand.unwind.cfi import CfaRule, CfiError, CfiTable, Cie, Fde, Row, Rule, RuleKind
+from redhand.unwind.expr import ExpressionError, evaluate
+from redhand.unwind.unwinder import (
+    DEFAULT_STRATEGIES,
+    BadCallStrategy,
+    CfiStrategy,
+    FramePointerStrategy,
+    FrameState,
+    RawFrame,
+    SigreturnStrategy,
+    Stop,
+    Strategy,
+    Unwinder,
+    UnwindModule,
+)
+
+__all__ = [
+    "DEFAULT_STRATEGIES",
+    "BadCallStrategy",
+    "CfaRule",
+    "CfiError",
+    "CfiStrategy",
+    "CfiTable",
+    "Cie",
+    "ExpressionError",
+    "Fde",
+    "FramePointerStrategy",
+    "FrameState",
+    "RawFrame",
+    "Row",
+    "Rule",
+    "RuleKind",
+    "SigreturnStrategy",
+    "Stop",
+    "Strategy",
+    "UnwindModule",
+    "Unwinder",
+    "evaluate",
+]

@@ -1,0 +1,3 @@
+from redhand.cli import entry_point
+
+entry_point()

@@ -1,0 +1,227 @@
+"""The report of ``redhand stack``: the same content as text for people and as JSON.
+
+:func:`build_stack_report` does the work once (unwinding, grouping); the two
+renderers only format it, so the text and the JSON never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import TextIO
+
+from redhand.report.style import Style
+from redhand.target.model import Backtrace, EndReason, Frame, Trust
+from redhand.target.target import DEFAULT_MAX_FRAMES, Target, Thread
+
+JSON_VERSION = 1
+
+END_TEXT = {
+    EndReason.OUTERMOST: "reached the thread's first frame",
+    EndReason.NO_UNWIND_INFO: "no unwind information and no frame pointer",
+    EndReason.UNREADABLE_MEMORY: "memory needed to unwind could not be read",
+    EndReason.BAD_PC: "a return address points to no code",
+    EndReason.LOOP: "the stack pointer stopped growing (unwinding would loop)",
+    EndReason.LIMIT: "frame limit reached",
+    EndReason.NO_REGISTERS: "the thread's registers could not be captured",
+}
+
+
+@dataclass
+class ThreadGroup:
+    """Threads with identical stacks, shown once."""
+
+    threads: list[Thread]
+    backtrace: Backtrace
+
+    @property
+    def tids(self) -> list[int]:
+        return [thread.tid for thread in self.threads]
+
+
+@dataclass
+class StackReport:
+    target: Target
+    groups: list[ThreadGroup]
+    max_frames: int | None
+    """How many frames to show per thread; None shows them all."""
+    show_timing: bool = False
+
+
+def build_stack_report(
+    target: Target,
+    *,
+    group: bool = True,
+    tids: Collection[int] | None = None,
+    max_frames: int | None = None,
+    unwind_limit: int = DEFAULT_MAX_FRAMES,
+    show_timing: bool = False,
+) -> StackReport:
+    """Unwind every thread (or those in ``tids``) and group identical stacks."""
+    threads = [t for t in target.threads if tids is None or t.tid in tids]
+    groups: list[ThreadGroup] = []
+    by_key: dict[object, ThreadGroup] = {}
+    for thread in threads:
+        backtrace = thread.backtrace(unwind_limit)
+        key = (backtrace.key(), backtrace.end) if group and len(backtrace) else None
+        existing = by_key.get(key) if key is not None else None
+        if existing is not None:
+            existing.threads.append(thread)
+            continue
+        entry = ThreadGroup([thread], backtrace)
+        groups.append(entry)
+        if key is not None:
+            by_key[key] = entry
+    return StackReport(target, groups, max_frames, show_timing)
+
+
+# -- text ---------------------------------------------------------------------------
+
+
+def _milliseconds(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def _group_title(group: ThreadGroup, style: Style) -> str:
+    names = list(dict.fromkeys(thread.name for thread in group.threads))
+    quoted = ", ".join(f'"{name}"' for name in names)
+    if len(group.threads) == 1:
+        thread = group.threads[0]
+        title = f"thread {thread.tid} {quoted}"
+        if thread.state:
+            title += f" ({thread.state})"
+        return style(title, "bold") + ":"
+    tids = " ".join(str(tid) for tid in group.tids)
+    return style(f"{len(group.threads)} threads ({tids}) {quoted}", "bold") + ":"
+
+
+def format_frame(frame: Frame, style: Style) -> str:
+    """``#3  0x00007f3a1c2b4e10 in pthread_cond_wait+0x1a0 (libc.so.6)``."""
+    index = f"#{frame.index:<3}"
+    address = style(f"{frame.pc:#018x}", "dim")
+    if frame.function is not None:
+        name = style(frame.function, "yellow")
+        if frame.offset:
+            name += f"+{frame.offset:#x}"
+        text = f"{index}{address} in {name}"
+        if frame.file is not None:
+            text += f" at {frame.file}:{frame.line}"
+        if frame.module is not None:
+            text += " " + style(f"({frame.module_name})", "cyan")
+    elif frame.module is not None and frame.offset is not None:
+        text = f"{index}{address} in " + style(f"{frame.module_name}+{frame.offset:#x}", "cyan")
+    else:
+        text = f"{index}{address} in ??"
+    notes = []
+    if not frame.exact:
+        notes.append("nearest symbol")
+    if frame.trust in (Trust.FP, Trust.SCAN):
+        notes.append(f"found by {'frame pointer' if frame.trust is Trust.FP else 'scanning'}")
+    if frame.signal_frame and frame.index > 0:
+        notes.append("interrupted by a signal")
+    if notes:
+        text += " " + style("[" + "; ".join(notes) + "]", "magenta")
+    return text
+
+
+def render_stack_text(report: StackReport, stream: TextIO, style: Style | None = None) -> None:
+    style = style or Style.for_stream(stream)
+    target = report.target
+    write = stream.write
+    count = len(target.threads)
+    header = f"process {target.pid}"
+    if target.exe:
+        header += f" ({target.exe})"
+    header += f", {count} thread{'s' if count != 1 else ''}"
+    if target.frozen_ns is not None:
+        header += f", frozen for {target.frozen_ns / 1e6:.2f} ms"
+    write(style(header, "bold") + "\n")
+    for warning in target.warnings:
+        write(style(f"warning: {warning}", "red") + "\n")
+    for group in report.groups:
+        write("\n" + _group_title(group, style) + "\n")
+        backtrace = group.backtrace
+        shown = backtrace[: report.max_frames] if report.max_frames is not None else backtrace
+        for frame in shown:
+            write(format_frame(frame, style) + "\n")
+        hidden = len(backtrace) - len(shown)
+        if hidden > 0:
+            write(style(f"… {hidden:,} more frames (--max-frames to show more)", "dim") + "\n")
+        if backtrace.end is not EndReason.OUTERMOST:
+            reason = END_TEXT[backtrace.end]
+            if backtrace.end is EndReason.LIMIT:
+                reason += f" after {len(backtrace):,} frames: deeper frames were not unwound"
+            if backtrace.end_detail:
+                reason += f" ({backtrace.end_detail})"
+            write(style(f"    backtrace stops: {reason}", "magenta") + "\n")
+    if report.show_timing:
+        write("\n" + format_timings(target) + "\n")
+
+
+def format_timings(target: Target) -> str:
+    parts = []
+    if target.frozen_ns is not None:
+        parts.append(f"frozen {target.frozen_ns / 1e6:.2f} ms")
+    parts.extend(f"{phase} {_milliseconds(seconds)}" for phase, seconds in target.timings.items())
+    return "timing: " + ", ".join(parts)
+
+
+# -- JSON ----------------------------------------------------------------------------
+
+
+def thread_json(thread: Thread, backtrace: Backtrace, max_frames: int | None) -> dict[str, object]:
+    frames = backtrace[:max_frames] if max_frames is not None else backtrace
+    return {
+        "tid": thread.tid,
+        "name": thread.name,
+        "state": thread.state,
+        "crashed": thread.crashed,
+        "signal": thread.signal,
+        "frames": [frame.to_json() for frame in frames],
+        "frames_omitted": len(backtrace) - len(frames),
+        "end": str(backtrace.end),
+        "end_detail": backtrace.end_detail,
+        "problem": thread.problem,
+    }
+
+
+def stack_json(report: StackReport) -> dict[str, object]:
+    target = report.target
+    backtraces = {}
+    for group in report.groups:
+        for thread in group.threads:
+            backtraces[thread.tid] = (thread, group.backtrace)
+    threads = [
+        thread_json(thread, backtrace, report.max_frames)
+        for thread, backtrace in (backtraces[t.tid] for t in target.threads if t.tid in backtraces)
+    ]
+    groups = [group.tids for group in report.groups]
+    return {
+        "redhand": JSON_VERSION,
+        "kind": "stack",
+        "pid": target.pid,
+        "exe": target.exe,
+        "cmdline": target.cmdline,
+        "frozen_ns": target.frozen_ns,
+        "timings": {phase: round(seconds, 6) for phase, seconds in target.timings.items()},
+        "threads": threads,
+        "groups": groups,
+        "modules": [
+            {
+                "path": module.path,
+                "start": module.start,
+                "end": module.end,
+                "bias": module.bias if module._loaded else None,
+                "build_id": module.build_id if module._loaded else None,
+                "problem": module.problem,
+            }
+            for module in target.modules
+        ],
+        "warnings": list(target.warnings),
+    }
+
+
+def render_stack_json(report: StackReport, stream: TextIO) -> None:
+    json.dump(stack_json(report), stream, indent=2)
+    stream.write("\n")

@@ -1,0 +1,143 @@
+"""Finding the separate debug file of an ELF file, in gdb's order.
+
+1. By build-id, in each debug directory:
+   ``{debug_dir}/.build-id/{first two hex digits}/{the rest}.debug``.
+2. By the .gnu_debuglink name, in the binary's own directory, its
+   ``.debug`` subdirectory, then ``{debug_dir}/{the binary's directory}``.
+
+A candidate is accepted only when it is the right file: its build-id equals
+the binary's, or, when one of them has none, its CRC32 equals the one stored
+in .gnu_debuglink.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from redhand.elf import ElfFile
+from redhand.errors import ElfError, FileNotFound
+
+DEFAULT_DEBUG_DIRS: tuple[str, ...] = ("/usr/lib/debug",)
+
+
+def debug_file_candidates(
+    elf: ElfFile,
+    file_path: str | None = None,
+    debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
+    *,
+    origin_path: str | None = None,
+) -> list[tuple[str, str]]:
+    """Where to look, in order: ``(path, "build-id" or "debuglink")`` pairs.
+
+    ``origin_path`` is the binary's path as the process saw it (from
+    /proc/PID/maps or a core's NT_FILE); ``file_path`` where it can be read
+    now, which may be a /proc/PID/map_files/... link whose directory means
+    nothing.  The debuglink directories come from ``origin_path`` when given,
+    then from the real path ``file_path`` resolves to, if that differs.
+    """
+    candidates: list[tuple[str, str]] = []
+    build_id = elf.build_id
+    if build_id and len(build_id) > 2:
+        for debug_dir in debug_dirs:
+            path = os.path.join(debug_dir, ".build-id", build_id[:2], build_id[2:] + ".debug")
+            candidates.append((path, "build-id"))
+    link = elf.debuglink
+    where = origin_path or file_path or elf.path
+    if link is not None and where:
+        name = link[0]
+        if os.sep in name:
+            name = os.path.basename(name)  # a link names a file, never a path
+        directories = [os.path.dirname(os.path.abspath(where))]
+        # Through a symlink (or a /proc/PID/map_files/... link), the real
+        # directory too, like gdb's retry with the canonical path.
+        real = os.path.dirname(os.path.realpath(file_path or where))
+        if real not in directories:
+            directories.append(real)
+        for directory in directories:
+            candidates.append((os.path.join(directory, name), "debuglink"))
+            candidates.append((os.path.join(directory, ".debug", name), "debuglink"))
+            for debug_dir in debug_dirs:
+                path = os.path.join(debug_dir, directory.lstrip(os.sep), name)
+                candidates.append((path, "debuglink"))
+    return candidates
+
+
+def find_debug_file(
+    elf: ElfFile,
+    file_path: str | None = None,
+    debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
+    *,
+    origin_path: str | None = None,
+    tried: list[str] | None = None,
+) -> ElfFile | None:
+    """The opened separate debug file of ``elf``, or None; the caller closes it.
+
+    ``file_path`` is where the binary is on disk, ``origin_path`` the path the
+    process saw (see :func:`debug_file_candidates`).  ``tried``, when given,
+    collects one line per candidate that exists but was rejected, and why.
+    """
+    try:
+        candidates = debug_file_candidates(elf, file_path, debug_dirs, origin_path=origin_path)
+        build_id = elf.build_id
+        link = elf.debuglink
+    except ElfError as exc:
+        if tried is not None:
+            tried.append(f"cannot look for a debug file: {exc}")
+        return None
+    own = _identity(file_path) or _identity(elf.path)
+    seen: set[str] = set()
+    for path, how in candidates:
+        if path in seen:
+            continue
+        seen.add(path)
+        identity = _identity(path)
+        if identity is None or identity == own:
+            continue  # missing, or the binary itself
+        try:
+            candidate = ElfFile.open(path)
+        except FileNotFound:
+            continue
+        except ElfError as exc:
+            if tried is not None:
+                tried.append(f"{path}: {exc.message}")
+            continue
+        try:
+            problem = _mismatch(candidate, how, build_id, link)
+        except ElfError as exc:
+            problem = exc.message
+        if problem is None:
+            return candidate
+        candidate.close()
+        if tried is not None:
+            tried.append(f"{path} ({how}): {problem}")
+    return None
+
+
+def _mismatch(
+    candidate: ElfFile, how: str, build_id: str | None, link: tuple[str, int] | None
+) -> str | None:
+    """Why ``candidate`` is not the debug file wanted, or None when it is."""
+    theirs = candidate.build_id
+    if build_id and theirs:
+        if theirs != build_id:
+            return f"build-id {theirs} does not match {build_id}"
+        return None
+    if how == "build-id":
+        return "has no build-id" if build_id else "no build-id to compare"
+    if link is None:
+        return "no debuglink CRC to compare"
+    crc = candidate.crc32()
+    if crc != link[1]:
+        return f"CRC32 {crc:#010x} does not match the debuglink's {link[1]:#010x}"
+    return None
+
+
+def _identity(path: str | None) -> tuple[int, int] | None:
+    if not path:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)

@@ -1,0 +1,114 @@
+"""A live process as a Target: freeze, copy, resume; the slow work comes after.
+
+The process is stopped only while :func:`redhand.proc.freeze.freeze` copies
+every thread's registers and the used part of its stack.  Unwinding runs on
+that copy.  Reads outside the copy (code, read-only data, a signal frame on
+an alternate stack) go to the live process, which by then runs again: for
+code and read-only data that is the same thing; for writable memory it is
+newer than the snapshot, which the unwinder tolerates (it validates every
+address it is given).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Sequence
+
+from redhand.elf import ElfFile
+from redhand.proc.freeze import Snapshot, freeze
+from redhand.proc.ptrace import LiveMemory
+from redhand.target.memory import RegionMemory
+from redhand.target.model import Mapping
+from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings, live_open_path
+from redhand.target.target import Target, Thread
+
+DEFAULT_STACK_BYTES = 1 << 20
+DEFAULT_DEBUG_DIRS: tuple[str, ...] = ("/usr/lib/debug",)
+
+
+def attach(
+    pid: int,
+    *,
+    threads: Collection[int] | None = None,
+    stack_bytes: int = DEFAULT_STACK_BYTES,
+    debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
+) -> Target:
+    """Capture a live process and return it as a :class:`Target`.
+
+    The process is frozen while registers and stack bytes are copied, then
+    resumes; ``target.frozen_ns`` says for how long.  ``threads`` limits the
+    capture to some tids; ``stack_bytes`` bounds the bytes copied per thread.
+    """
+    snapshot = freeze(pid, stack_bytes=stack_bytes, tids=threads)
+    return target_from_snapshot(snapshot, debug_dirs=debug_dirs)
+
+
+def target_from_snapshot(
+    snapshot: Snapshot, *, debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS
+) -> Target:
+    started = time.perf_counter()
+    pid = snapshot.pid
+    live = LiveMemory(pid)
+    regions = [t.stack for t in snapshot.threads if t.stack is not None]
+    memory = RegionMemory(regions, fallback=live)
+    modules = live_modules(pid, snapshot.mappings, live, debug_dirs)
+    target = Target(
+        pid=pid,
+        exe=snapshot.exe,
+        cmdline=snapshot.cmdline,
+        mappings=snapshot.mappings,
+        modules=modules,
+        memory=memory,
+        source="live",
+        frozen_ns=snapshot.frozen_ns,
+        timings=snapshot.timings,
+    )
+    for captured in snapshot.threads:
+        target.threads.append(
+            Thread(
+                tid=captured.tid,
+                name=captured.name,
+                registers=captured.registers,
+                target=target,
+                state=captured.state,
+                problem=captured.error,
+            )
+        )
+    target._add_time("modules", started)
+    return target
+
+
+def live_modules(
+    pid: int, mappings: Sequence[Mapping], live: LiveMemory, debug_dirs: Sequence[str]
+) -> ModuleMap:
+    modules: list[Module] = []
+    for group in group_file_mappings(mappings):
+        path = group[0].path
+        assert path is not None
+        display = path.removesuffix(" (deleted)")
+        modules.append(
+            Module(
+                path=display,
+                mappings=group,
+                open_path=live_open_path(pid, group[0]),
+                debug_dirs=debug_dirs,
+            )
+        )
+    for mapping in mappings:
+        if mapping.path == VDSO:
+            modules.append(
+                Module(
+                    path=VDSO,
+                    mappings=[mapping],
+                    loader=_vdso_loader(live, mapping),
+                    debug_dirs=debug_dirs,
+                )
+            )
+    return ModuleMap(modules)
+
+
+def _vdso_loader(live: LiveMemory, mapping: Mapping) -> Callable[[], ElfFile]:
+    def load() -> ElfFile:
+        return ElfFile.from_bytes(live.read(mapping.start, mapping.size), name=VDSO)
+
+    return load

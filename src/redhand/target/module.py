@@ -1,0 +1,225 @@
+"""Modules: the ELF files mapped into a target, and where their names and CFI come from.
+
+A module is found from the target's mappings (grouped by file), opened
+lazily, and asked for symbols and call-frame information only when a frame
+lands in it.  Everything expensive is cached per build-id by the layers below
+(symbols, CFI), so a library shared by many processes is parsed once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from redhand.elf import ElfFile
+from redhand.elf.constants import PT_LOAD
+from redhand.errors import RedhandError
+from redhand.symbols import ModuleSymbols, SymbolMatch
+from redhand.target.model import Mapping
+from redhand.unwind.cfi import CfiTable
+
+PAGE_MASK = ~0xFFF
+
+VDSO = "[vdso]"
+
+
+@dataclass(eq=False)
+class Module:
+    """One ELF file mapped into the target.
+
+    ``path`` is the file's name as the target saw it (``[vdso]`` for the vdso).
+    ``bias`` is the load bias: a pc minus the bias is the file's link-time
+    address.  It is 0 for non-PIE executables.  ``open_path`` is where the file
+    can be read now (for a live process, /proc/PID/map_files/..., which is the
+    very file mapped even if it was deleted or replaced since).
+    """
+
+    path: str
+    mappings: list[Mapping]
+    open_path: str | None = None
+    loader: Callable[[], ElfFile | None] | None = None
+    debug_dirs: Sequence[str] = ("/usr/lib/debug",)
+    problem: str | None = None
+    """Why the file could not be used (unreadable, not ELF, ...), once known."""
+
+    _elf: ElfFile | None = field(default=None, repr=False)
+    _loaded: bool = field(default=False, repr=False)
+    _bias: int | None = field(default=None, repr=False)
+    _symbols: ModuleSymbols | None = field(default=None, repr=False)
+    _symbols_loaded: bool = field(default=False, repr=False)
+    _cfi: CfiTable | None = field(default=None, repr=False)
+    _cfi_loaded: bool = field(default=False, repr=False)
+
+    @property
+    def start(self) -> int:
+        return self.mappings[0].start
+
+    @property
+    def end(self) -> int:
+        return self.mappings[-1].end
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    def contains(self, address: int) -> bool:
+        return self.start <= address < self.end
+
+    def elf(self) -> ElfFile | None:
+        """The ELF file, opened on first use; None (and ``problem`` set) if it cannot be."""
+        if not self._loaded:
+            self._loaded = True
+            try:
+                if self.loader is not None:
+                    self._elf = self.loader()
+                elif self.open_path is not None:
+                    self._elf = ElfFile.open(self.open_path, display_path=self.path)
+            except RedhandError as error:
+                self.problem = str(error)
+            except OSError as error:
+                self.problem = f"{self.path}: {error.strerror or error}"
+        return self._elf
+
+    @property
+    def build_id(self) -> str | None:
+        elf = self.elf()
+        return elf.build_id if elf is not None else None
+
+    @property
+    def bias(self) -> int:
+        """The load bias, from the first mapping and the PT_LOAD that maps its file offset."""
+        if self._bias is None:
+            self._bias = self._compute_bias()
+        return self._bias
+
+    def _compute_bias(self) -> int:
+        first = self.mappings[0]
+        elf = self.elf()
+        if elf is None:
+            return first.start - first.offset
+        try:
+            for segment in elf.iter_segments():
+                if segment.p_type == PT_LOAD and (segment.p_offset & PAGE_MASK) == first.offset:
+                    return first.start - (segment.p_vaddr & PAGE_MASK)
+        except RedhandError as error:
+            self.problem = str(error)
+        return first.start - first.offset
+
+    def cfi(self) -> CfiTable | None:
+        if not self._cfi_loaded:
+            self._cfi_loaded = True
+            elf = self.elf()
+            if elf is not None:
+                extra: list[ElfFile] = []
+                symbols = self.symbols()
+                if symbols is not None and symbols.debug_elf is not None:
+                    extra.append(symbols.debug_elf)
+                try:
+                    self._cfi = CfiTable.from_elf(elf, extra)
+                except RedhandError as error:
+                    self.problem = str(error)
+        return self._cfi
+
+    def symbols(self) -> ModuleSymbols | None:
+        if not self._symbols_loaded:
+            self._symbols_loaded = True
+            elf = self.elf()
+            if elf is not None:
+                try:
+                    self._symbols = ModuleSymbols(
+                        elf,
+                        file_path=self.open_path,
+                        origin_path=None if self.path == VDSO else self.path,
+                        debug_dirs=self.debug_dirs,
+                    )
+                except RedhandError as error:
+                    self.problem = str(error)
+        return self._symbols
+
+    def close(self) -> None:
+        """Close the files opened for this module (a later use reopens nothing)."""
+        if self._symbols is not None:
+            self._symbols.close()
+        if self._elf is not None:
+            self._elf.close()
+
+    def lookup(self, address: int) -> SymbolMatch | None:
+        """The symbol at a run-time address, or None."""
+        symbols = self.symbols()
+        if symbols is None:
+            return None
+        try:
+            return symbols.lookup(address - self.bias)
+        except RedhandError as error:
+            self.problem = str(error)
+            return None
+
+
+class ModuleMap:
+    """The target's modules, found by address."""
+
+    def __init__(self, modules: Iterable[Module]) -> None:
+        self.modules = sorted(modules, key=lambda module: module.start)
+        self._starts = [module.start for module in self.modules]
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.modules)
+
+    def __len__(self) -> int:
+        return len(self.modules)
+
+    def find(self, address: int) -> Module | None:
+        index = bisect.bisect_right(self._starts, address) - 1
+        if index >= 0:
+            module = self.modules[index]
+            if address < module.end:
+                return module
+        return None
+
+
+def group_file_mappings(mappings: Sequence[Mapping]) -> list[list[Mapping]]:
+    """Consecutive mappings of one file, as the dynamic loader lays them out.
+
+    A new group starts at a mapping of the file at offset 0 (or where the file
+    changes).  Anonymous mappings between segments (.bss) do not split a group.
+    """
+    groups: list[list[Mapping]] = []
+    current: list[Mapping] = []
+    for mapping in mappings:
+        if not mapping.is_file:
+            continue
+        same_file = (
+            current and current[-1].path == mapping.path and current[-1].inode == mapping.inode
+        )
+        if same_file and mapping.offset != 0:
+            current.append(mapping)
+            continue
+        if current:
+            groups.append(current)
+        current = [mapping]
+    if current:
+        groups.append(current)
+    return groups
+
+
+def map_files_path(pid: int, mapping: Mapping) -> str:
+    return f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"
+
+
+def live_open_path(pid: int, mapping: Mapping) -> str:
+    """Where to read a live process's mapped file.
+
+    The path itself when it still names the same inode (cheap, and friendlier
+    in messages); else /proc/PID/map_files/, which reaches deleted files and
+    files in other mount namespaces.
+    """
+    path = mapping.path
+    if path is not None and not path.endswith(" (deleted)"):
+        try:
+            if os.stat(path).st_ino == mapping.inode:
+                return path
+        except OSError:
+            pass
+    return map_files_path(pid, mapping)

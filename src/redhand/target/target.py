@@ -1,0 +1,167 @@
+"""The Target: threads, memory, mappings and modules, whatever the source.
+
+A live snapshot (:func:`redhand.attach`) and, later, a core file produce the
+same Target.  Unwinding and symbolizing happen lazily, on the copied data,
+after a live process has been let go.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from redhand.target.memory import Memory
+from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
+from redhand.target.module import Module, ModuleMap
+from redhand.unwind.unwinder import RawFrame, Unwinder
+
+DEFAULT_MAX_FRAMES = 1024
+
+
+@dataclass(eq=False)
+class Thread:
+    """One thread of a target.
+
+    ``registers`` is None when they could not be captured (the thread exited
+    during the capture); ``problem`` then says why.
+    """
+
+    tid: int
+    name: str
+    registers: Registers | None
+    target: Target = field(repr=False)
+    state: str | None = None
+    problem: str | None = None
+    crashed: bool = False
+    signal: int | None = None
+    _backtraces: dict[int, Backtrace] = field(default_factory=dict, repr=False)
+
+    def backtrace(self, max_frames: int = DEFAULT_MAX_FRAMES) -> Backtrace:
+        """This thread's frames, innermost first (computed once per limit, then cached)."""
+        cached = self._backtraces.get(max_frames)
+        if cached is None:
+            cached = self.target._backtrace(self, max_frames)
+            self._backtraces[max_frames] = cached
+        return cached
+
+
+class Target:
+    """A process as redhand sees it: a live snapshot or a core file."""
+
+    def __init__(
+        self,
+        *,
+        pid: int | None,
+        exe: str | None,
+        cmdline: Sequence[str],
+        mappings: Sequence[Mapping],
+        modules: ModuleMap,
+        memory: Memory,
+        source: str,
+        frozen_ns: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.exe = exe
+        self.cmdline = list(cmdline)
+        self.mappings = sorted(mappings, key=lambda mapping: mapping.start)
+        self._mapping_starts = [mapping.start for mapping in self.mappings]
+        self.modules = modules
+        self.memory = memory
+        self.source = source
+        """Where the target came from: ``"live"`` or ``"core"`` (for reports only)."""
+        self.frozen_ns = frozen_ns
+        """How long a live process was kept from running, in nanoseconds."""
+        self.timings: dict[str, float] = dict(timings or {})
+        """Seconds spent in each phase (freeze, unwind, symbols, ...)."""
+        self.threads: list[Thread] = []
+        self.warnings: list[str] = []
+        self._unwinder = Unwinder(memory, self.modules.find, self.is_executable)
+
+    def __repr__(self) -> str:
+        return f"<Target {self.source} pid={self.pid} threads={len(self.threads)}>"
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release open files.  The target's data stays usable."""
+        for module in self.modules:
+            module.close()
+
+    def thread(self, tid: int) -> Thread:
+        for thread in self.threads:
+            if thread.tid == tid:
+                return thread
+        raise KeyError(tid)
+
+    def find_mapping(self, address: int) -> Mapping | None:
+        index = bisect.bisect_right(self._mapping_starts, address) - 1
+        if index >= 0 and address < self.mappings[index].end:
+            return self.mappings[index]
+        return None
+
+    def find_module(self, address: int) -> Module | None:
+        return self.modules.find(address)
+
+    def is_executable(self, address: int) -> bool:
+        mapping = self.find_mapping(address)
+        return mapping is not None and mapping.executable
+
+    def _add_time(self, phase: str, started: float) -> None:
+        self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - started
+
+    def _backtrace(self, thread: Thread, max_frames: int) -> Backtrace:
+        if thread.registers is None:
+            return Backtrace([], EndReason.NO_REGISTERS, thread.problem)
+        started = time.perf_counter()
+        raw, end, detail = self._unwinder.unwind(thread.registers, max_frames=max_frames)
+        self._add_time("unwind", started)
+        started = time.perf_counter()
+        frames = [self.symbolize(frame, index) for index, frame in enumerate(raw)]
+        self._add_time("symbols", started)
+        return Backtrace(frames, end, detail)
+
+    def symbolize(self, raw: RawFrame, index: int) -> Frame:
+        """Name a raw frame: function, offset, module and build-id."""
+        pc = raw.pc
+        module = self.modules.find(pc)
+        if module is None:
+            return Frame(index, pc, raw.sp, raw.trust, signal_frame=raw.signal_frame)
+        # A return address points after the call; the call itself (pc - 1) is
+        # what lies inside the calling function (it may be a noreturn call at
+        # the very end of it).
+        lookup_pc = pc if raw.signal_frame else pc - 1
+        match = module.lookup(lookup_pc)
+        build_id = module.build_id
+        if match is None:
+            return Frame(
+                index,
+                pc,
+                raw.sp,
+                raw.trust,
+                offset=pc - module.bias,
+                module=module.path,
+                build_id=build_id,
+                signal_frame=raw.signal_frame,
+            )
+        return Frame(
+            index,
+            pc,
+            raw.sp,
+            raw.trust,
+            function=match.symbol.name,
+            offset=pc - module.bias - match.symbol.start,
+            module=module.path,
+            build_id=build_id,
+            exact=match.exact,
+            signal_frame=raw.signal_frame,
+        )
+
+
+__all__ = ["DEFAULT_MAX_FRAMES", "Target", "Thread", "Trust"]

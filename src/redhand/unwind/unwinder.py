@@ -1,0 +1,483 @@
+"""The per-frame strategy chain: from a thread's registers to its raw frames.
+
+For each frame the unwinder asks its strategies in order (DWARF CFI, the
+sigreturn trampoline, a call through a bad pointer, the frame-pointer chain);
+the first that applies gives the caller's registers.  A strategy that does
+not apply says why, and when none applies the trace ends with the most
+telling of those reasons.  Every frame records how it was found
+(:class:`~redhand.target.model.Trust`) and every trace why it ended
+(:class:`~redhand.target.model.EndReason`).
+
+The unwinder runs after the target resumed, on copies of the stacks; it reads
+only through the :class:`~redhand.target.memory.Memory` it is given and keeps
+no assumption about the process being alive.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from redhand.errors import MemoryReadError, RedhandError
+from redhand.target.memory import Memory
+from redhand.target.model import DWARF_FP, DWARF_RA, DWARF_SP, EndReason, Registers, Trust
+from redhand.unwind._reader import MASK64, CfiError
+from redhand.unwind.cfi import CfiTable, Fde, Row, RuleKind
+from redhand.unwind.expr import ExpressionError, evaluate
+
+__all__ = [
+    "DEFAULT_STRATEGIES",
+    "NOT_APPLICABLE",
+    "BadCallStrategy",
+    "CfiStrategy",
+    "FramePointerStrategy",
+    "FrameState",
+    "RawFrame",
+    "SigreturnStrategy",
+    "Stop",
+    "Strategy",
+    "UnwindModule",
+    "Unwinder",
+]
+
+NUM_REGS = 17  # DWARF 0-16: the general-purpose registers and rip
+
+# x86_64 Linux rt_sigreturn trampoline: mov $15,%rax; syscall.
+SIGRETURN_CODE = bytes.fromhex("48c7c00f0000000f05")
+# struct rt_sigframe starts with the ucontext once the handler returned into
+# the trampoline; uc_mcontext (the saved registers) is 40 bytes into it.
+UCONTEXT_MCONTEXT = 40
+# The first 17 greg slots of uc_mcontext and their DWARF numbers:
+# r8..r15, rdi, rsi, rbp, rbx, rdx, rax, rcx, rsp, rip.
+_MCONTEXT_DWARF = (8, 9, 10, 11, 12, 13, 14, 15, 5, 4, 6, 3, 1, 0, 2, 7, 16)
+_MCONTEXT = struct.Struct("<17Q")
+_TWO_WORDS = struct.Struct("<QQ")
+_WORD = struct.Struct("<Q")
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One unwound frame, before symbolization.
+
+    ``signal_frame`` is True when ``pc`` is exact (frame 0, or a frame a
+    signal interrupted): symbolize pc itself.  Otherwise pc is a return
+    address: symbolize pc - 1.  ``cfa`` is this frame's canonical frame
+    address when CFI computed it, else None.
+    """
+
+    pc: int
+    sp: int
+    trust: Trust
+    signal_frame: bool
+    cfa: int | None = None
+
+
+class UnwindModule(Protocol):
+    """What the unwinder needs from a loaded module; the target layer provides it."""
+
+    @property
+    def bias(self) -> int:
+        """Load bias: pc - bias is the link-time address."""
+        ...
+
+    def cfi(self) -> CfiTable | None:
+        """The module's CFI, built on first use and cached by the module."""
+        ...
+
+
+@dataclass(slots=True)
+class FrameState:
+    """A frame while unwinding: its pc and its registers by DWARF number (None: unknown)."""
+
+    pc: int
+    regs: list[int | None]
+    trust: Trust
+    signal_frame: bool
+    callee_cfa: int | None = None
+    """The CFA of the frame this one was unwound from (known only through CFI)."""
+
+    @property
+    def sp(self) -> int | None:
+        return self.regs[DWARF_SP]
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """A strategy's verdict that gives no caller.
+
+    ``final`` True ends the trace with ``reason``; False only says this
+    strategy does not apply (and why), and the next one is tried.
+    """
+
+    reason: EndReason
+    detail: str
+    final: bool = True
+
+
+NOT_APPLICABLE = Stop(EndReason.NO_UNWIND_INFO, "", final=False)
+"""What a strategy returns when it has nothing to say about a frame."""
+
+
+class Strategy(Protocol):
+    """One way to find a frame's caller."""
+
+    name: str
+
+    def step(self, unwinder: Unwinder, frame: FrameState) -> FrameState | Stop: ...
+
+
+class CfiStrategy:
+    """DWARF call-frame information (.eh_frame, .debug_frame)."""
+
+    name = "cfi"
+
+    def step(self, unwinder: Unwinder, frame: FrameState) -> FrameState | Stop:
+        pc = frame.pc
+        lookup = pc if frame.signal_frame else pc - 1
+        module = unwinder.module_for(lookup)
+        if module is None:
+            return Stop(EndReason.NO_UNWIND_INFO, f"no module contains {pc:#x}", final=False)
+        try:
+            table = unwinder.table_of(module)
+            found = table.row_for(lookup - module.bias) if table is not None else None
+        except CfiError as error:
+            return Stop(EndReason.NO_UNWIND_INFO, f"bad CFI at {pc:#x}: {error}", final=False)
+        if found is None:
+            return Stop(EndReason.NO_UNWIND_INFO, f"no CFI covers {pc:#x}", final=False)
+        fde, row = found
+        if (
+            not fde.signal_frame
+            and not frame.signal_frame
+            and fde.pc_end == pc - module.bias
+            and unwinder.is_sigreturn(pc)
+        ):
+            # The return address is a sigreturn trampoline without CFI, right
+            # after the function whose FDE covers pc - 1.
+            return Stop(EndReason.NO_UNWIND_INFO, f"{pc:#x} is a trampoline", final=False)
+        try:
+            return _apply_row(unwinder, frame, fde, row, module.bias)
+        except MemoryReadError as error:
+            return Stop(
+                EndReason.UNREADABLE_MEMORY,
+                f"CFI at {pc:#x} needs memory that cannot be read ({error})",
+            )
+        except CfiError as error:
+            return Stop(EndReason.NO_UNWIND_INFO, f"bad CFI at {pc:#x}: {error}", final=False)
+
+
+def _apply_row(
+    unwinder: Unwinder, frame: FrameState, fde: Fde, row: Row, bias: int
+) -> FrameState | Stop:
+    regs = frame.regs
+    memory = unwinder.memory
+
+    def register(number: int) -> int:
+        value = regs[number] if 0 <= number < NUM_REGS else None
+        if value is None:
+            raise ExpressionError(f"the expression needs register {number}, which is unknown")
+        return value
+
+    cfa_rule = row.cfa
+    if cfa_rule.expression is None:
+        base = regs[cfa_rule.register] if 0 <= cfa_rule.register < NUM_REGS else None
+        if base is None:
+            raise CfiError(f"the CFA is based on register {cfa_rule.register}, which is unknown")
+        cfa = (base + cfa_rule.offset) & MASK64
+    else:
+        cfa = evaluate(cfa_rule.expression, register, memory, bias=bias)
+
+    caller = list(regs)
+    caller[DWARF_SP] = cfa
+    ra_column = fde.cie.ra_register
+    ra_rule = None
+    for number, rule in row.registers.items():
+        if number == ra_column:
+            ra_rule = rule
+        if number >= NUM_REGS:
+            continue
+        kind = rule.kind
+        if kind is RuleKind.OFFSET:
+            caller[number] = int.from_bytes(memory.read((cfa + rule.value) & MASK64, 8), "little")
+        elif kind is RuleKind.UNDEFINED:
+            caller[number] = None
+        elif kind is RuleKind.SAME_VALUE:
+            pass
+        elif kind is RuleKind.VAL_OFFSET:
+            caller[number] = (cfa + rule.value) & MASK64
+        elif kind is RuleKind.REGISTER:
+            caller[number] = regs[rule.value] if rule.value < NUM_REGS else None
+        elif kind is RuleKind.EXPRESSION:
+            address = evaluate(rule.expression, register, memory, initial=(cfa,), bias=bias)
+            caller[number] = int.from_bytes(memory.read(address, 8), "little")
+        else:  # VAL_EXPRESSION
+            caller[number] = evaluate(rule.expression, register, memory, initial=(cfa,), bias=bias)
+
+    if ra_rule is None:
+        raise CfiError(f"no rule for the return address at {frame.pc:#x}")
+    if ra_rule.kind is RuleKind.UNDEFINED:
+        return Stop(EndReason.OUTERMOST, "the CFI marks this frame as the outermost")
+    ra = caller[ra_column] if ra_column < NUM_REGS else None
+    if ra is None:
+        raise CfiError(f"the return address column {ra_column} is unknown")
+    caller[DWARF_RA] = ra
+    signal = fde.signal_frame
+    return FrameState(
+        pc=ra,
+        regs=caller,
+        trust=Trust.CONTEXT if signal else Trust.CFI,
+        signal_frame=signal,
+        callee_cfa=cfa,
+    )
+
+
+class SigreturnStrategy:
+    """A signal trampoline without CFI, known by its code; the caller is in the ucontext."""
+
+    name = "sigreturn"
+
+    def step(self, unwinder: Unwinder, frame: FrameState) -> FrameState | Stop:
+        if not unwinder.is_sigreturn(frame.pc):
+            return NOT_APPLICABLE
+        sp = frame.regs[DWARF_SP]
+        if sp is None:
+            return Stop(EndReason.NO_UNWIND_INFO, "signal trampoline with an unknown sp")
+        address = sp + UCONTEXT_MCONTEXT
+        try:
+            values = _MCONTEXT.unpack(unwinder.memory.read(address, _MCONTEXT.size))
+        except MemoryReadError as error:
+            return Stop(
+                EndReason.UNREADABLE_MEMORY,
+                f"the signal frame's saved registers at {address:#x} cannot be read ({error})",
+            )
+        caller: list[int | None] = [None] * NUM_REGS
+        for number, value in zip(_MCONTEXT_DWARF, values, strict=True):
+            caller[number] = value
+        return FrameState(
+            pc=values[-1], regs=caller, trust=Trust.CONTEXT, signal_frame=True, callee_cfa=None
+        )
+
+
+class BadCallStrategy:
+    """An exact pc outside executable memory: a call through a bad pointer just happened.
+
+    The caller's return address is then the word at sp.  The frame is a
+    guess checked only by the return address being executable: trust SCAN.
+    """
+
+    name = "bad-call"
+
+    def step(self, unwinder: Unwinder, frame: FrameState) -> FrameState | Stop:
+        sp = frame.regs[DWARF_SP]
+        if not frame.signal_frame or sp is None or unwinder.executable(frame.pc):
+            return NOT_APPLICABLE
+        try:
+            (ra,) = _WORD.unpack(unwinder.memory.read(sp, 8))
+        except MemoryReadError:
+            return Stop(
+                EndReason.BAD_PC, f"pc {frame.pc:#x} is not in executable memory", final=False
+            )
+        if ra == 0 or not unwinder.executable(ra):
+            return Stop(
+                EndReason.BAD_PC, f"pc {frame.pc:#x} is not in executable memory", final=False
+            )
+        caller = list(frame.regs)
+        caller[DWARF_SP] = sp + 8
+        caller[DWARF_RA] = ra
+        return FrameState(pc=ra, regs=caller, trust=Trust.SCAN, signal_frame=False)
+
+
+class FramePointerStrategy:
+    """The rbp chain: caller pc = [rbp+8], caller sp = rbp+16, caller rbp = [rbp]."""
+
+    name = "fp"
+
+    def step(self, unwinder: Unwinder, frame: FrameState) -> FrameState | Stop:
+        regs = frame.regs
+        rbp = regs[DWARF_FP]
+        sp = regs[DWARF_SP]
+        if rbp is None or sp is None or rbp < sp or rbp & 7:
+            what = "unknown" if rbp is None else f"{rbp:#x}"
+            return Stop(
+                EndReason.NO_UNWIND_INFO,
+                f"no CFI for {frame.pc:#x} and rbp ({what}) is not a frame pointer",
+                final=False,
+            )
+        try:
+            saved_rbp, ra = _TWO_WORDS.unpack(unwinder.memory.read(rbp, 16))
+        except MemoryReadError:
+            return Stop(
+                EndReason.NO_UNWIND_INFO,
+                f"no CFI for {frame.pc:#x} and rbp ({rbp:#x}) points to no readable frame",
+                final=False,
+            )
+        if ra == 0:
+            return Stop(EndReason.OUTERMOST, "the frame-pointer chain ends")
+        if not unwinder.executable(ra):
+            return Stop(
+                EndReason.NO_UNWIND_INFO,
+                f"no CFI for {frame.pc:#x}, and rbp ({rbp:#x}) gives return address {ra:#x},"
+                " which is not in executable memory",
+                final=False,
+            )
+        caller = list(regs)
+        caller[DWARF_FP] = saved_rbp
+        caller[DWARF_SP] = rbp + 16
+        caller[DWARF_RA] = ra
+        return FrameState(pc=ra, regs=caller, trust=Trust.FP, signal_frame=False)
+
+
+DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
+    CfiStrategy(),
+    SigreturnStrategy(),
+    BadCallStrategy(),
+    FramePointerStrategy(),
+)
+
+
+class Unwinder:
+    """Unwinds threads of one target.
+
+    ``memory`` answers reads of the stacks (and, to recognise a signal
+    trampoline without CFI, of code); ``find_module`` maps an address to the
+    module loaded there; ``is_executable`` says whether an address lies in
+    executable memory.  One unwinder may serve every thread of a target: it
+    caches module lookups and trampoline checks per address.
+    """
+
+    def __init__(
+        self,
+        memory: Memory,
+        find_module: Callable[[int], UnwindModule | None],
+        is_executable: Callable[[int], bool],
+        *,
+        strategies: Sequence[Strategy] = DEFAULT_STRATEGIES,
+    ) -> None:
+        self.memory = memory
+        self._find_module = find_module
+        self._is_executable = is_executable
+        self.strategies = tuple(strategies)
+        self._modules: dict[int, UnwindModule | None] = {}
+        self._executable: dict[int, bool] = {}
+        self._sigreturn: dict[int, bool] = {}
+        self._tables: dict[int, tuple[UnwindModule, CfiTable | None]] = {}
+
+    # -- services for strategies ------------------------------------------------
+
+    def module_for(self, address: int) -> UnwindModule | None:
+        try:
+            return self._modules[address]
+        except KeyError:
+            module = self._modules[address] = self._find_module(address)
+            return module
+
+    def table_of(self, module: UnwindModule) -> CfiTable | None:
+        """The module's CFI; a module whose CFI cannot be read has none (CfiError says why)."""
+        key = id(module)
+        cached = self._tables.get(key)
+        if cached is not None and cached[0] is module:
+            return cached[1]
+        try:
+            table = module.cfi()
+        except CfiError:
+            raise
+        except (RedhandError, OSError) as error:
+            raise CfiError(f"the module's CFI cannot be read: {error}") from None
+        self._tables[key] = (module, table)
+        return table
+
+    def executable(self, address: int) -> bool:
+        try:
+            return self._executable[address]
+        except KeyError:
+            result = self._executable[address] = bool(self._is_executable(address))
+            return result
+
+    def is_sigreturn(self, pc: int) -> bool:
+        """Whether the code at ``pc`` is the rt_sigreturn trampoline (False if unreadable)."""
+        try:
+            return self._sigreturn[pc]
+        except KeyError:
+            pass
+        try:
+            result = self.memory.read(pc, len(SIGRETURN_CODE)) == SIGRETURN_CODE
+        except MemoryReadError:
+            result = False
+        self._sigreturn[pc] = result
+        return result
+
+    # -- the chain ----------------------------------------------------------------
+
+    def step(self, frame: FrameState) -> FrameState | Stop:
+        """The caller of ``frame`` by the first strategy that applies, or why there is none."""
+        skipped: list[Stop] = []
+        for strategy in self.strategies:
+            result = strategy.step(self, frame)
+            if isinstance(result, FrameState):
+                return result
+            if result.final:
+                return result
+            skipped.append(result)
+        return _verdict(frame, skipped)
+
+    def unwind(
+        self, registers: Registers, *, max_frames: int = 256
+    ) -> tuple[list[RawFrame], EndReason, str | None]:
+        """Frames innermost first, why the trace ended, and a detail for the user."""
+        regs: list[int | None] = [
+            registers.rax, registers.rdx, registers.rcx, registers.rbx,
+            registers.rsi, registers.rdi, registers.rbp, registers.rsp,
+            registers.r8, registers.r9, registers.r10, registers.r11,
+            registers.r12, registers.r13, registers.r14, registers.r15,
+            registers.rip,
+        ]  # fmt: skip
+        frame = FrameState(pc=registers.rip, regs=regs, trust=Trust.CONTEXT, signal_frame=True)
+        frames: list[RawFrame] = []
+        max_frames = max(1, max_frames)
+        while True:
+            try:
+                result = self.step(frame)
+            except MemoryReadError as error:  # a strategy that forgot to catch it
+                result = Stop(EndReason.UNREADABLE_MEMORY, str(error))
+            except CfiError as error:
+                result = Stop(EndReason.NO_UNWIND_INFO, str(error))
+            sp = frame.regs[DWARF_SP]
+            cfa = result.callee_cfa if isinstance(result, FrameState) else None
+            frames.append(RawFrame(frame.pc, sp or 0, frame.trust, frame.signal_frame, cfa))
+            if isinstance(result, Stop):
+                return frames, result.reason, result.detail
+            caller = result
+            caller_sp = caller.regs[DWARF_SP]
+            if caller.pc == 0:
+                return frames, EndReason.OUTERMOST, "the return address is 0"
+            if caller_sp is None:
+                return frames, EndReason.NO_UNWIND_INFO, "the caller's stack pointer is unknown"
+            if caller.trust is not Trust.CONTEXT and sp is not None and caller_sp <= sp:
+                return (
+                    frames,
+                    EndReason.LOOP,
+                    f"the stack pointer did not grow ({sp:#x} to {caller_sp:#x})",
+                )
+            if not self.executable(caller.pc):
+                detail = f"return address {caller.pc:#x} is not in executable memory"
+                if caller.trust is Trust.CONTEXT and len(frames) < max_frames:
+                    # The interrupted code itself: show where it was.
+                    frames.append(RawFrame(caller.pc, caller_sp, caller.trust, True, None))
+                    detail = f"a signal interrupted {caller.pc:#x}, not in executable memory"
+                return frames, EndReason.BAD_PC, detail
+            if len(frames) >= max_frames:
+                return frames, EndReason.LIMIT, f"stopped after {max_frames} frames"
+            frame = caller
+
+
+def _verdict(frame: FrameState, skipped: list[Stop]) -> Stop:
+    """Why no strategy applied: the first reason other than a lack of unwind information."""
+    for stop in skipped:
+        if stop.reason is not EndReason.NO_UNWIND_INFO:
+            return Stop(stop.reason, stop.detail)
+    details = [stop.detail for stop in skipped if stop.detail]
+    return Stop(
+        EndReason.NO_UNWIND_INFO,
+        "; ".join(details) if details else f"no way to unwind from {frame.pc:#x}",
+    )

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install what redhand's tests need (Debian packages, a virtualenv with the
+# test extras), then run the linters, the type checker and the tests.
+# Usage: bash tests/run.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=()
+need() {  # need COMMAND PACKAGE: install PACKAGE when COMMAND is missing
+    command -v "$1" >/dev/null 2>&1 || apt_packages+=("$2")
+}
+need gcc gcc
+need g++ g++
+need gdb gdb
+need eu-stack elfutils
+need strace strace
+need rustc rustc
+need ocamlopt ocaml-nox
+need xz xz-utils
+dpkg -s libc6-dbg >/dev/null 2>&1 || apt_packages+=(libc6-dbg)
+python=/usr/bin/python3
+[ -x "$python" ] || python=python3
+"$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_packages+=(python3-venv)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+    echo "installing: ${apt_packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
+fi
+
+venv=.venv
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,source]'
+
+echo "== ruff"
+"$venv/bin/ruff" check src tests bench
+"$venv/bin/ruff" format --check src tests bench
+echo "== mypy"
+"$venv/bin/mypy"
+echo "== pytest"
+exec "$venv/bin/python" -m pytest -q "$@"

@@ -1,0 +1,242 @@
+"""`redhand stack` as a user runs it: text, JSON, options, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import LiveProgram, compile_c
+
+from redhand.cli import main
+
+WORKERS = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t never = PTHREAD_COND_INITIALIZER;
+static pthread_barrier_t started;
+
+__attribute__((noinline)) void park(void) {
+    pthread_mutex_lock(&lock);
+    for (;;) pthread_cond_wait(&never, &lock);
+}
+__attribute__((noinline)) void middle(int depth) {
+    if (depth > 0) middle(depth - 1); else park();
+    __asm__ volatile("" ::: "memory");
+}
+__attribute__((noinline)) void *worker(void *arg) {
+    printf("thread worker%ld %ld\n", (long)arg, (long)syscall(SYS_gettid));
+    fflush(stdout);
+    pthread_barrier_wait(&started);
+    middle(6);
+    return NULL;
+}
+int main(void) {
+    pthread_t t;
+    pthread_barrier_init(&started, NULL, 5);
+    for (long i = 0; i < 4; i++) pthread_create(&t, NULL, worker, (void *)i);
+    pthread_barrier_wait(&started);
+    printf("thread main %ld\nready\n", (long)getpid());
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+SYS_FUTEX = 202
+SYS_PAUSE = 34
+
+
+@pytest.fixture(scope="module")
+def workers_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_c(WORKERS, tmp_path_factory.mktemp("cli"), ["-O2", "-g", "-pthread"])
+
+
+@pytest.fixture
+def workers(workers_binary: Path):  # type: ignore[no-untyped-def]
+    blocked = {f"worker{i}": SYS_FUTEX for i in range(4)}
+    blocked["main"] = SYS_PAUSE
+    with LiveProgram([workers_binary], blocked=blocked) as program:
+        yield program
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_redhand(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a child process: exit codes and stderr as a user sees them."""
+    return subprocess.run(
+        [sys.executable, "-m", "redhand", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_text_groups_identical_stacks(workers: LiveProgram, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, err = run_cli(["stack", str(workers.pid)], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"process {workers.pid} (")
+    assert "5 threads" in lines[0] and "frozen for" in lines[0]
+    tids = " ".join(str(workers.tids[f"worker{i}"]) for i in range(4))
+    assert f'4 threads ({tids}) "' in out
+    assert f"thread {workers.pid} " in out
+    for name in ("park", "middle", "worker", "start_thread", "main", "pause"):
+        assert f" in {name}+0x" in out, name
+    assert out.count(" in middle+0x") == 7  # one group: middle(6) .. middle(0)
+    assert "\x1b[" not in out  # not a terminal: no colour
+
+
+def test_no_group_and_thread_filter(workers: LiveProgram, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run_cli(["stack", "--no-group", str(workers.pid)], capsys)
+    assert code == 0
+    assert out.count("\nthread ") == 5
+    tid = workers.tids["worker2"]
+    code, out, _ = run_cli(["stack", "--thread", str(tid), str(workers.pid)], capsys)
+    assert code == 0
+    assert out.count("\nthread ") == 1
+    assert f"\nthread {tid} " in out
+
+
+def test_max_frames_says_what_it_left_out(workers: LiveProgram, capsys) -> None:  # type: ignore[no-untyped-def]
+    tid = workers.tids["worker0"]
+    code, full, _ = run_cli(["stack", "-t", str(tid), str(workers.pid)], capsys)
+    assert code == 0
+    frames = [line for line in full.splitlines() if line.startswith("#")]
+    code, out, _ = run_cli(["stack", "-t", str(tid), "--max-frames", "3", str(workers.pid)], capsys)
+    assert code == 0
+    shown = [line for line in out.splitlines() if line.startswith("#")]
+    assert len(shown) == 3
+    assert f"… {len(frames) - 3} more frames" in out
+
+
+def test_json_document(workers: LiveProgram, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run_cli(["stack", "--json", str(workers.pid)], capsys)
+    assert code == 0
+    document = json.loads(out)
+    assert document["redhand"] == 1 and document["kind"] == "stack"
+    assert document["pid"] == workers.pid
+    assert isinstance(document["frozen_ns"], int) and document["frozen_ns"] > 0
+    threads = document["threads"]
+    assert [t["tid"] for t in threads][0] == workers.pid
+    assert sorted(t["tid"] for t in threads) == sorted(workers.tids.values())
+    keys = {"index", "pc", "sp", "function", "offset", "module", "build_id", "file", "line"}
+    keys |= {"column", "inlined", "trust"}
+    for thread in threads:
+        assert {"tid", "name", "crashed", "signal", "frames", "end"} <= thread.keys()
+        assert thread["end"] == "outermost"
+        for index, frame in enumerate(thread["frames"]):
+            assert keys <= frame.keys()
+            assert frame["index"] == index
+            assert isinstance(frame["pc"], int)
+            assert frame["trust"] in ("context", "cfi", "fp", "scan")
+        assert thread["frames"][0]["trust"] == "context"
+    worker = next(t for t in threads if t["tid"] == workers.tids["worker1"])
+    names = [frame["function"] for frame in worker["frames"]]
+    assert names[names.index("park") + 1 : names.index("park") + 8] == ["middle"] * 7
+
+
+def test_timing(workers: LiveProgram, capsys) -> None:  # type: ignore[no-untyped-def]
+    code, out, _ = run_cli(["stack", "--timing", str(workers.pid)], capsys)
+    assert code == 0
+    timing = out.splitlines()[-1]
+    assert timing.startswith("timing: frozen ")
+    assert "unwind" in timing and "symbols" in timing and "total" in timing
+
+
+def test_colour_only_when_asked(workers: LiveProgram) -> None:
+    env = dict(os.environ, FORCE_COLOR="1")
+    env.pop("NO_COLOR", None)
+    coloured = run_redhand("stack", str(workers.pid), env=env)
+    assert coloured.returncode == 0 and "\x1b[" in coloured.stdout
+    env["NO_COLOR"] = "1"
+    plain = run_redhand("stack", str(workers.pid), env=env)
+    assert plain.returncode == 0 and "\x1b[" not in plain.stdout
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("redhand: ")
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_error_no_such_process() -> None:
+    pid = _dead_pid()
+    _assert_one_line_error(run_redhand("stack", str(pid)), 3, str(pid))
+
+
+def test_error_kernel_thread() -> None:
+    _assert_one_line_error(run_redhand("stack", "2"), 6, "kernel thread")
+
+
+def test_error_zombie(workers_binary: Path) -> None:
+    child = subprocess.Popen(["sh", "-c", "exit 0"])
+    try:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        _assert_one_line_error(run_redhand("stack", str(child.pid)), 7, "zombie")
+    finally:
+        child.wait()
+
+
+def test_error_already_traced(workers: LiveProgram) -> None:
+    tracer = subprocess.Popen(
+        ["gdb", "-batch", "-nx", "-p", str(workers.pid), "-ex", "shell sleep 30"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            status = Path(f"/proc/{workers.pid}/status").read_text()
+            if f"TracerPid:\t{tracer.pid}" in status or "TracerPid:\t0" not in status:
+                break
+            assert time.monotonic() < deadline, "gdb did not attach"
+            time.sleep(0.05)
+        _assert_one_line_error(
+            run_redhand("stack", str(workers.pid)), 5, "already traced", str(workers.pid)
+        )
+    finally:
+        tracer.send_signal(signal.SIGKILL)
+        tracer.wait()
+
+
+def test_error_usage() -> None:
+    result = run_redhand("stack", "not-a-pid")
+    assert result.returncode == 2
+    assert "not a process id" in result.stderr and "Traceback" not in result.stderr
+    assert run_redhand("frobnicate").returncode == 2
+    assert run_redhand("stack").returncode == 2
+
+
+def test_help_lists_exit_codes() -> None:
+    result = run_redhand("stack", "--help")
+    assert result.returncode == 0
+    assert "exit codes" in result.stdout and "already traced" in result.stdout
