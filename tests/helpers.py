@@ -77,7 +77,7 @@ PREREQUISITES = (
         "rustc", "install Rust from https://rustup.rs (or apt-get install rustc)", "rustc"
     ),
     Prerequisite("ocamlopt", "apt-get install ocaml-nox", "ocamlopt"),
-    Prerequisite("ptrace", "see the message above"),
+    Prerequisite("ptrace", "(ptrace_problem says what to do)"),
 )
 
 
@@ -435,12 +435,18 @@ def module_at(maps: Iterable[tuple[int, int, int, str]], address: int) -> str | 
 SIGNAL_HANDLER_CALLED = "<signal handler called>"
 UNKNOWN_FUNCTION = "??"
 
-# Frame kinds, from gdb.Frame.type() (gdb/python/py-frame.c).
-_GDB_FRAME_KINDS = {0: "normal", 1: "dummy", 2: "inline", 3: "tailcall", 4: "sigtramp", 5: "arch"}
-
+# Run inside gdb after `thread apply all bt`: one line per thread with each
+# frame's kind (gdb.Frame.type()), pc and stack pointer, in bt's order.
 _GDB_PYTHON = """
 import gdb
-kinds = KINDS
+kinds = {
+    gdb.NORMAL_FRAME: "normal",
+    gdb.DUMMY_FRAME: "dummy",
+    gdb.INLINE_FRAME: "inline",
+    gdb.TAILCALL_FRAME: "tailcall",
+    gdb.SIGTRAMP_FRAME: "sigtramp",
+    gdb.ARCH_FRAME: "arch",
+}
 for thread in sorted(gdb.selected_inferior().threads(), key=lambda t: t.num):
     thread.switch()
     out = []
@@ -457,7 +463,7 @@ for thread in sorted(gdb.selected_inferior().threads(), key=lambda t: t.num):
         except gdb.error:
             break
     print("RH-FRAMES %d %s" % (thread.ptid[1], " ".join(out)))
-""".replace("KINDS", repr(_GDB_FRAME_KINDS))
+"""
 
 
 @dataclass(frozen=True)
@@ -738,6 +744,9 @@ def rust_function_key(name: str) -> str:
     ``alloc … call_once``, ``threads … sleep_entry::{closure}``.
     """
     name = _RUST_HASH_RE.sub("", name.strip())
+    # A vtable shim is the function it forwards to, called through a trait
+    # object; its symbol says so, gdb's DWARF name does not.
+    name = re.sub(r"\{\{vtable[.-]shim\}\}|\{shim:vtable#\d+\}", "", name)
     name = re.sub(r"\{\{closure\}\}|\{closure#\d+\}", "{closure}", name)
     crate_match = re.match(r"^<*(?:impl )?&?(?:mut )?(?:dyn )?([A-Za-z_][A-Za-z0-9_]*)", name)
     crate = crate_match.group(1) if crate_match else ""
@@ -804,6 +813,8 @@ class FrameLike(Protocol):
     @property
     def inlined(self) -> bool: ...
     @property
+    def signal_frame(self) -> bool: ...
+    @property
     def trust(self) -> object: ...
 
 
@@ -864,15 +875,14 @@ def names_match(gdb_frame: GdbFrame, frame: FrameLike, language: str) -> bool:
     2. ``??`` (gdb found no symbol containing the pc) matches a frame with no
        function, or one whose name is only the nearest symbol below the pc
        (``exact`` False).
-    3. Otherwise the names must be equal in :func:`canonical_name` form.
-       Names that come from debug info (glibc's through libc6-dbg: redhand
-       reads the same file) are thereby compared exactly: ``__GI___poll`` is
-       not ``poll``.
-    4. A frame gdb named by a symbol rather than by a DWARF function (no
-       ``at FILE:LINE``, or an assembly source ``at FILE.S:LINE`` such as
-       clone3) matches any alias of that name: a symbol at the same address
-       in the same file or its debug file (gdb picks among aliases by its own
-       preference).
+    3. Otherwise the names must be equal in :func:`canonical_name` form,
+       or be aliases (rule 4).
+    4. A name matches any alias of it: a symbol at the same address in the
+       same file or its debug file.  gdb picks among aliases by its own
+       preference, and for functions with DWARF it prints the DWARF name
+       (``__GI___poll``); redhand names a function by its public alias
+       (``poll``), the same name whether or not debug files are installed,
+       so that crash signatures stay stable.  An alias is the same function.
     5. gdb names a C++ lambda's ``operator()`` by its bare DWARF name; such an
        unqualified gdb name matches the last component of redhand's name.
     """
@@ -886,7 +896,7 @@ def names_match(gdb_frame: GdbFrame, frame: FrameLike, language: str) -> bool:
     actual = canonical_name(frame.function, language)
     if expected == actual:
         return True
-    if frame.module and (not gdb_frame.has_debug_info or gdb_frame.from_assembly):
+    if frame.module:
         aliases = symbol_aliases(frame.module)
         group = aliases.get(frame.function, frozenset()) | aliases.get(
             _CXX_CLONE_RE.sub("", frame.function), frozenset()
@@ -936,6 +946,16 @@ def describe_gdb(frame: GdbFrame | None) -> str:
     pc = f"{frame.pc:#x} " if frame.pc is not None else ""
     kind = f" [{frame.kind}]" if frame.kind not in ("normal", "unknown") else ""
     return f"{pc}{frame.function}{kind}"
+
+
+INLINED_FRAMES = False
+"""Whether redhand reports inlined calls as frames of their own.
+
+Not yet: inlined frames come with DWARF line information, a later capability.
+Until then each physical frame is compared by its real (outermost) function,
+which is what the symbol table names; gdb's inlined frames are shown in the
+report but not compared.
+"""
 
 
 def compare_backtrace(
@@ -1014,8 +1034,9 @@ def compare_backtrace(
                 group_problems.append(f"{where}: pc {frame.pc:#x}, gdb says {gdb_frame.pc:#x}")
             if gdb_frame.kind == "normal" and gdb_frame.sp is not None and gdb_frame.sp != frame.sp:
                 group_problems.append(f"{where}: sp {frame.sp:#x}, gdb says {gdb_frame.sp:#x}")
-            if len(gdb_group) != len(group) or not all(
-                names_match(g, r, language) for g, r in zip(gdb_group, group, strict=True)
+            compared = gdb_group if INLINED_FRAMES else gdb_group[-1:]
+            if len(compared) != len(group) or not all(
+                names_match(g, r, language) for g, r in zip(compared, group, strict=True)
             ):
                 gdb_names = [g.function for g in gdb_group]
                 redhand_names = [r.function for r in group]
@@ -1078,7 +1099,7 @@ def read_build_id(path: str | os.PathLike[str]) -> str | None:
 
 
 def is_subsequence(
-    needles: Sequence[str], haystack: Sequence[str], same: _Same | None = None
+    needles: Sequence[str], haystack: Sequence[str], same: Callable[[str, str], bool] | None = None
 ) -> bool:
     """Whether ``needles`` appear in ``haystack`` in this order (not necessarily adjacent).
 
@@ -1089,7 +1110,3 @@ def is_subsequence(
         any((same(item, needle) if same else item == needle) for item in iterator)
         for needle in needles
     )
-
-
-class _Same(Protocol):
-    def __call__(self, item: str, needle: str) -> bool: ...

@@ -854,6 +854,19 @@ def test_corrupt_cfi_raises_only_cfi_error(programs: dict[str, Path]) -> None:
     assert time.perf_counter() - started < 20
 
 
+def test_corrupt_synthetic_cfi_raises_only_cfi_error() -> None:
+    """Every CIE flavour and pointer encoding, in .eh_frame and .debug_frame, damaged."""
+    rng = random.Random(5)
+    eh_frame, debug_frame = _synthetic(READELF_ENCODINGS + OTHER_ENCODINGS, vaddr=0x200)
+    for _ in range(300):
+        eh, debug = _mutate(eh_frame, rng), _mutate(debug_frame, rng)
+        try:
+            table = CfiTable.from_bytes(eh_frame=eh, eh_frame_vaddr=0x200, debug_frame=debug)
+            _exercise(table, [0x1000 + 0x100 * i + 4 for i in range(30)], 40)
+        except CfiError:
+            pass
+
+
 def _constant_program(program: bytes) -> Callable[[int], bytes]:
     return lambda _vaddr: program
 

@@ -131,7 +131,7 @@ def test_json_document(workers: LiveProgram, capsys) -> None:  # type: ignore[no
     assert document["pid"] == workers.pid
     assert isinstance(document["frozen_ns"], int) and document["frozen_ns"] > 0
     threads = document["threads"]
-    assert [t["tid"] for t in threads][0] == workers.pid
+    assert threads[0]["tid"] == workers.pid
     assert sorted(t["tid"] for t in threads) == sorted(workers.tids.values())
     keys = {"index", "pc", "sp", "function", "offset", "module", "build_id", "file", "line"}
     keys |= {"column", "inlined", "trust"}
@@ -173,7 +173,9 @@ def _dead_pid() -> int:
     return process.pid
 
 
-def _assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+def _assert_one_line_error(
+    result: subprocess.CompletedProcess[str], code: int, *words: str
+) -> None:
     assert result.returncode == code, result.stderr
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

@@ -25,7 +25,18 @@ What is asserted, per build and thread (``test_x[BUILD/THREAD]``):
   context;
 - test_end_reason: ``outermost``: every thread here reaches clone3 or _start;
 - test_stripped_frames: in the stripped build, each function of the
-  executable appears without a name, as module + offset, at gdb's pc.
+  executable appears without a name, as module + offset, at gdb's pc;
+- test_cli_json: ``redhand stack PID --json`` (run after the library's
+  capture) lists the same threads, and for each blocked thread the same
+  pcs, names and end reason as the library.
+
+Where gdb's answer is not a fact about the stack, the comparison says so and
+uses the program's source instead: gdb's tail-call frames are dropped (they
+are made up from DWARF call-site records, see ``helpers.compare_backtrace``);
+a spinning thread is compared from its first frame outside the spin loop;
+test_source_chain checks every trace against the source's call chain.  In
+the stripped build gdb has no names at all for the executable: the chain is
+checked by naming pcs from the unstripped twin (same build-id).
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from typing import NoReturn
 
 import pytest
 from helpers import (
+    INLINED_FRAMES,
     SIGNAL_HANDLER_CALLED,
     SYS_CLOCK_NANOSLEEP,
     SYS_EPOLL_WAIT,
@@ -526,28 +538,56 @@ def test_source_chain(captures: Captures, build_id: str, thread_name: str) -> No
 
     (In the stripped build, unnamed frames of the executable are named from
     the unstripped twin by their offsets: that checks the offsets too.)
+    Until redhand reports inlined frames, a function of the chain that the
+    compiler inlined (gdb shows it only as an inlined frame) has no frame of
+    its own to find.
     """
     result = captures[build_id]
     build = result.build
     names = _redhand_names(result, thread_name)
     chain = _chain(build, build.thread(thread_name))
+    if not INLINED_FRAMES:
+        gdb_frames = result.gdb_thread(thread_name).real_frames
+        inlined = {
+            canonical_name(frame.function, build.language)
+            for frame in gdb_frames
+            if frame.kind == "inline" and frame.function
+        }
+        chain = [
+            name
+            for name in chain
+            if not any(same_function(gdb_name, name, build.language) for gdb_name in inlined)
+        ]
     assert is_subsequence(chain, names), f"chain {chain} not in redhand's {names}"
 
 
 @pytest.mark.parametrize(("build_id", "thread_name"), thread_params())
 def test_trust(captures: Captures, build_id: str, thread_name: str) -> None:
-    """Frames come from context, CFI or frame pointers; frame 0 and signal contexts by context."""
+    """Frames come from context, CFI or frame pointers; frame 0 and signal contexts by context.
+
+    The frame a signal interrupted is also marked ``signal_frame`` (its pc is
+    exact, not a return address).
+    """
     result = captures[build_id]
     frames = result.redhand_thread(thread_name).frames
     assert frames, "no frames"
-    trusts = [str(getattr(frame, "trust", None)) for frame in frames]
+    trusts = [str(frame.trust) for frame in frames]
     assert set(trusts) <= {"context", "cfi", "fp"}, trusts
     assert trusts[0] == "context", trusts
-    for index, frame in enumerate(frames[:-1]):
-        if getattr(frame, "function", None) == RESTORE_RT:
-            assert trusts[index + 1] == "context", (
-                f"frame {index + 1}, interrupted by a signal, is {trusts[index + 1]}: {trusts}"
+    # The frame a signal interrupted: after gdb's signal trampoline frame, at
+    # an exact pc; redhand must have restored it from the signal's context.
+    gdb_frames = result.gdb_thread(thread_name).real_frames
+    for position, gdb_frame in enumerate(gdb_frames[:-1]):
+        interrupted = gdb_frames[position + 1].pc
+        if gdb_frame.kind != "sigtramp" or interrupted is None:
+            continue
+        matches = [(index, frame) for index, frame in enumerate(frames) if frame.pc == interrupted]
+        assert matches, f"redhand has no frame at {interrupted:#x}, which a signal interrupted"
+        for index, frame in matches:
+            assert str(frame.trust) == "context", (
+                f"frame {index} ({frame.function}), interrupted by a signal, is {frame.trust}"
             )
+            assert frame.signal_frame, f"frame {index} ({frame.function}): signal_frame is False"
 
 
 @pytest.mark.parametrize(("build_id", "thread_name"), thread_params())
@@ -607,20 +647,17 @@ def test_stripped_frames(captures: Captures, build_id: str, thread_name: str) ->
         and result.symbolize(frame.pc) not in spinning  # gdb saw it at another moment
     ]
     assert gdb_unknown, "gdb named every frame of the stripped executable"
-    by_pc: dict[int, list[object]] = {}
+    by_pc: dict[int, FrameLike] = {}
     for frame in result.redhand_thread(thread_name).frames:
-        by_pc.setdefault(frame.pc, []).append(frame)  # type: ignore[attr-defined]
+        by_pc.setdefault(frame.pc, frame)
     problems = []
     for gdb_frame in gdb_unknown:
         assert gdb_frame.pc is not None
         found = by_pc.get(gdb_frame.pc)
-        if not found:
+        if found is None:
             problems.append(f"gdb's ?? at {gdb_frame.pc:#x}: redhand has no frame at that pc")
             continue
-        frame = found[0]
-        function = getattr(frame, "function", None)
-        module = getattr(frame, "module", None)
-        offset = getattr(frame, "offset", None)
+        function, module, offset = found.function, found.module, found.offset
         if function is not None:
             problems.append(f"{gdb_frame.pc:#x}: named {function!r} in a stripped executable")
         if module is None or os.path.realpath(module) != exe:
@@ -776,6 +813,7 @@ class _Frame:
     exact: bool = True
     inlined: bool = False
     trust: str = "cfi"
+    signal_frame: bool = False
 
 
 def test_names_match_rules() -> None:

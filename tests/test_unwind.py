@@ -22,7 +22,7 @@ from unwind_helpers import Capture, ProcessImage, build_all, gdb_capture, missin
 
 from redhand.elf import ElfFile
 from redhand.target.model import EndReason, Registers, Trust
-from redhand.unwind import RawFrame, Unwinder
+from redhand.unwind import RawFrame, Unwinder, is_call_before
 
 _missing = missing_tools(["gcc", "gdb", "objcopy"])
 if _missing:
@@ -79,6 +79,12 @@ __attribute__((noipa)) void signal_with(void (*restorer)(void)) {
     sink++;
 }
 
+/* A leaf written in assembly without CFI and without a frame. */
+long bare_leaf(long) __asm__("bare_leaf");
+__asm__(".text\n.globl bare_leaf\n.type bare_leaf,@function\nbare_leaf:\n"
+        "\tmov %rdi, %rax\n\tadd $1, %rax\n\tret\n");
+__attribute__((noipa)) long call_leaf(long x) { return bare_leaf(x) * 3; }
+
 static char altstack[65536] __attribute__((aligned(16)));
 
 static void *thread_main(void *arg) { (void)arg; recurse(3); return NULL; }
@@ -107,6 +113,8 @@ int main(int argc, char **argv) {
         signal_with(bare_restorer);
     } else if (!strcmp(mode, "adjacent")) {  /* as long as "restorer": the same stack layout */
         signal_with(adjacent_restorer);
+    } else if (!strcmp(mode, "leaf")) {
+        sink = (int)call_leaf(sink);
     } else if (!strcmp(mode, "badcall")) {
         bad_call();
     } else if (!strcmp(mode, "thread")) {
@@ -157,6 +165,8 @@ def _scenarios(programs: dict[str, Path]) -> dict[str, tuple[Path, list[str], li
         "o2-restorer": (programs["o2"], ["restorer"], BREAK),
         "o2-adjacent": (programs["o2"], ["adjacent"], BREAK),
         "o2-badcall": (programs["o2"], ["badcall"], ["run"]),  # stops at the SIGSEGV
+        "o2-leaf": (programs["o2"], ["leaf"], ["break *bare_leaf+3", "run"]),
+        "fp-leaf": (programs["fp"], ["leaf"], ["break *bare_leaf+3", "run"]),
         "o2-thread": (programs["o2"], ["thread"], BREAK),
         # the main thread, blocked in a futex wait inside pthread_join
         "o2-thread-main": (programs["o2"], ["thread"], [*BREAK, "thread 1"]),
@@ -217,7 +227,7 @@ def _gdb_frames(capture: Capture) -> list[tuple[int, int]]:
 SCENARIOS = [
     "o2-deep", "o2-deep200", "o0-deep", "fp-deep", "debugframe-deep", "o2-signal",
     "fp-signal", "o2-altstack", "o2-segv", "o2-restorer", "o2-badcall", "o2-thread",
-    "o2-thread-main", "static-deep",
+    "o2-thread-main", "static-deep", "o2-leaf", "fp-leaf",
     "plt-entry", "plt-push", "plt0", "plt0-push",
 ]  # fmt: skip
 
@@ -253,6 +263,11 @@ def test_signal_frames(captures: dict[str, Capture], name: str) -> None:
     interrupted = frames[trampoline + 1]
     assert interrupted.trust is Trust.CONTEXT and interrupted.signal_frame
     assert [f.signal_frame for f in frames].count(True) == 2
+    # The trampoline's own pc is exact: it is where the handler returns, not after a call.
+    assert [f.trampoline for f in frames].count(True) == 1
+    assert frames[trampoline].trampoline and not frames[trampoline].signal_frame
+    assert frames[trampoline].lookup_pc == frames[trampoline].pc
+    assert frames[trampoline - 1].lookup_pc == frames[trampoline - 1].pc - 1
     if name == "o2-segv":
         assert names[trampoline + 1] == "faulter"  # the faulting instruction itself
     if name == "o2-altstack":
@@ -289,6 +304,9 @@ def test_trust_by_strategy(captures: dict[str, Capture]) -> None:
     assert all(frame.cfa is not None for frame in o2_frames[:-1])
     bad, _, _, _ = _unwind(captures["o2-badcall"])
     assert bad[0].pc == 0 and bad[1].trust is Trust.SCAN  # the word at sp after the bad call
+    for name in ("o2-leaf", "fp-leaf"):
+        leaf, _, _, _ = _unwind(captures[name])
+        assert leaf[1].trust is Trust.SCAN  # a stub without CFI or frame: the word at sp
 
 
 def test_debug_frame_in_separate_file(
@@ -430,3 +448,47 @@ def test_per_frame_cost(captures: dict[str, Capture]) -> None:
     shared = (time.perf_counter() - started) / rounds / len(frames)
     print(f"unwind: {fresh * 1e6:.1f} us/frame (new unwinder), {shared * 1e6:.1f} (shared)")
     assert shared < 100e-6 and fresh < 200e-6
+
+
+# -- call-site recognition -------------------------------------------------------------------------
+
+CALLS = [
+    ("call target", True),
+    ("call *%rax", True),
+    ("call *%r11", True),
+    ("call *(%rax)", True),
+    ("call *(%r12)", True),
+    ("call *8(%rax)", True),
+    ("call *0x100(%rax)", True),
+    ("call *(%rax,%rbx,8)", True),
+    ("call *8(%rsp)", True),
+    ("call *0x200(%rsp)", True),
+    ("call *0x12345678(,%rax,8)", True),
+    ("call *0x10(%rip)", True),
+    ("call *%fs:0x28", True),
+    ("jmp *%rax", False),
+    ("jmp target", False),
+    ("push 8(%rax)", False),
+    ("mov %rax, %rbx", False),
+    ("ret", False),
+    ("add $0x12345678, %eax", False),
+    ("nop", False),
+]
+
+
+def test_call_sites(tmp_path: Path) -> None:
+    """Each instruction assembled alone: is it a call, judged from the bytes before its end?"""
+    lines = ["target:"]
+    for index, (text, _) in enumerate(CALLS):
+        lines += [f'.section .text.{index},"ax",@progbits', f"\t{text}"]
+    source = tmp_path / "calls.s"
+    source.write_text("\n".join(lines) + "\n")
+    run(["as", "-o", str(tmp_path / "calls.o"), str(source)])
+    elf = ElfFile.open(str(tmp_path / "calls.o"))
+    for index, (text, expected) in enumerate(CALLS):
+        section = elf.get_section_by_name(f".text.{index}")
+        assert section is not None
+        code = section.data()
+        # What came before the instruction must not matter (but must not look like a call).
+        for before in (b"", b"\x90" * 8, b"\x48\x8b\x45\xf8" * 2):
+            assert is_call_before(before + code) is expected, (text, code.hex())

@@ -200,6 +200,8 @@ static void *heartbeat_main(void *arg) {
 NOINLINE static void *short_lived(void *arg) {
     volatile char scratch[256];
     memset((char *)scratch, 1, sizeof scratch);
+    struct timespec ts = {0, 50000}; /* live 50 us */
+    nanosleep(&ts, NULL);
     KEEP_FRAME();
     return arg;
 }

@@ -207,7 +207,8 @@ def check_process(pid: int) -> None:
 def has_live_thread(pid: int) -> bool:
     """Whether some thread of ``pid`` has not exited.
 
-    A leader that called pthread_exit is a zombie while its other threads run on.
+    A leader that called pthread_exit is a zombie while its other threads run on;
+    a thread on its way out (PF_EXITING, say after a SIGKILL) does not count.
     """
     try:
         tids = procfs.list_tids(pid)
@@ -215,8 +216,9 @@ def has_live_thread(pid: int) -> bool:
         return False
     for tid in tids:
         try:
-            if procfs.read_stat(pid, tid).state not in ("Z", "X"):
-                return True
+            stat = procfs.read_stat(pid, tid)
         except ProcessNotFound:
             continue
+        if stat.state not in ("Z", "X") and not stat.flags & procfs.PF_EXITING:
+            return True
     return False

@@ -2,14 +2,17 @@
 
 The order of work:
 
-1. Before anything stops: the pre-checks, /proc/PID/maps, exe, cmdline, the
-   threads' names and states.
+1. Before anything stops: the pre-checks, the threads' names and states,
+   /proc/PID/maps, exe, cmdline, and a buffer for the stacks, faulted in.
 2. Frozen: PTRACE_SEIZE every thread (they keep running), then
    PTRACE_INTERRUPT every one, then collect the stops; list /proc/PID/task
    again and repeat for threads that appeared, until a listing taken while
-   every known thread is stopped shows nothing new.  Then copy registers
-   (PTRACE_GETREGSET) and stacks (process_vm_readv, many ranges per call),
-   and PTRACE_DETACH every thread.
+   every known thread is stopped shows nothing new (the thread count in
+   /proc/PID/stat tells when no listing is needed).  Then copy registers
+   (PTRACE_GETREGSET) and stacks (process_vm_readv, up to 1,024 ranges per
+   call; /proc/PID/mem for a range it cannot read), and PTRACE_DETACH every
+   thread.  /proc/PID/maps is read again only if a stack pointer lies in no
+   known mapping (a thread that started after it was read).
 3. After: turn the copied words and bytes into values.
 
 **Never leave a target stopped.**  The frozen part runs in a thread of its own
@@ -29,8 +32,9 @@ The order of work:
   uninterruptible sleep (state D) does not stop until its system call ends;
   it is reported without registers instead of stalling the others.
 
-The tracer thread waits with ``waitpid(-1, __WALL | __WNOTHREAD)``, which
-sees only its own tracees: redhand never reaps children of the host program.
+The tracer thread waits for each thread with waitid(__WALL | __WNOTHREAD |
+WNOWAIT): it looks only at its own tracees and consumes nothing, so the exit
+status of a target that is a child of the host program stays for the host.
 
 Blocking system calls interrupted by the freeze are restarted by the kernel,
 except those Linux never restarts (epoll_wait, semop, sigtimedwait, ...: see
@@ -50,11 +54,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
-from redhand.errors import (
-    ProcessExited,
-    ProcessNotFound,
-    RedhandError,
-)
+from redhand.errors import PermissionDenied, ProcessExited, ProcessNotFound
 from redhand.proc import procfs
 from redhand.proc.checks import (
     already_traced_error,
@@ -63,57 +63,55 @@ from redhand.proc.checks import (
     permission_error,
 )
 from redhand.proc.ptrace import (
+    CLD_STOPPED,
+    CLD_TRAPPED,
     IOV_MAX,
     NT_PRSTATUS,
+    P_PID,
     PTRACE_DETACH,
-    PTRACE_EVENT_STOP,
     PTRACE_GETREGSET,
     PTRACE_INTERRUPT,
     PTRACE_SEIZE,
     USER_REGS_SIZE,
     USER_REGS_WORDS,
     WALL,
+    WEXITED,
     WNOHANG,
     WNOTHREAD,
+    WNOWAIT,
+    WSTOPPED,
+    ChildInfo,
     IOVec,
     LiveMemory,
+    Timespec,
     errno_error,
     get_errno,
     iovecs,
+    raw_nanosleep,
     raw_process_vm_readv,
     raw_ptrace,
     raw_sched_yield,
-    raw_waitpid,
+    raw_waitid,
 )
-from redhand.target.model import Mapping, Registers
+from redhand.target.model import USER_REGS_FIELDS, Mapping, Registers
 
 __all__ = ["Snapshot", "ThreadSnapshot", "check_process", "freeze"]
 
 RED_ZONE = 128  # bytes below sp a leaf function may use (x86_64 psABI)
 DEFAULT_STACK_BYTES = 1 << 20
 DEFAULT_STOP_TIMEOUT = 1.0
-_SP_INDEX = 19  # rsp in user_regs_struct
+_SP_INDEX = USER_REGS_FIELDS.index("rsp")
 _STACK_ESTIMATE = 8 << 10  # bytes per thread made ready before the freeze
 _MAX_ROUNDS = 64  # listings of /proc/PID/task while freezing
 _SPIN_NS = 2_000_000  # poll with sched_yield this long before sleeping between polls
 _POLL_SLEEP_NS = 100_000
-_EXITED_CHECK_NS = 20_000_000  # how often stragglers' /proc state is looked at
+_SLOW_STOP_NS = 1_000_000  # a thread this slow to stop: look at its /proc state
+_EXITED_CHECK_NS = 20_000_000  # and again this often
 _DEFERRED_SIGNALS = frozenset(
     {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 )  # fmt: skip
-_STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
-_RSP_OFFSET = _SP_INDEX
 
-_nanosleep = ctypes.PyDLL("libc.so.6", use_errno=True).nanosleep
-_nanosleep.restype = ctypes.c_int
-_nanosleep.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
-
-
-_POLL_SLEEP = _Timespec(0, _POLL_SLEEP_NS)
+_POLL_SLEEP = Timespec(0, _POLL_SLEEP_NS)
 
 
 @dataclass(slots=True)
@@ -154,9 +152,10 @@ class Snapshot:
     frozen_ns: int
     """How long threads were kept from running: the first PTRACE_INTERRUPT to the last detach."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per phase: check, maps, threads, seize, interrupt, wait, rescan,
-    registers, stacks, detach (maps_reread when a stack was in a new mapping),
-    snapshot and total."""
+    """Seconds per phase: before the freeze check, threads, maps, buffer; the
+    frozen ones seize, interrupt, wait, rescan, registers, stacks (and
+    maps_reread when a stack was in a new mapping), detach; after it,
+    snapshot; and total.  Seize runs before the first stop."""
 
     def thread(self, tid: int) -> ThreadSnapshot:
         for thread in self.threads:
@@ -183,7 +182,7 @@ def freeze(
 
     Raises the errors of :func:`check_process`, AlreadyTraced or
     PermissionDenied when seizing is refused, and ProcessExited when the
-    process ends before anything could be copied.
+    process ends during the capture, before every thread was copied.
     """
     if stack_bytes < 0:
         raise ValueError("stack_bytes must not be negative")
@@ -198,10 +197,6 @@ def freeze(
 
     check_process(pid)
     now = mark("check", started)
-    mappings = procfs.read_maps(pid)
-    now = mark("maps", now)
-    exe = procfs.read_exe(pid)
-    cmdline = procfs.read_cmdline(pid)
     present = procfs.list_tids(pid)
     if tids is None:
         wanted = present
@@ -223,6 +218,13 @@ def freeze(
             continue
         before[tid] = (stat.comm, stat.state)
     now = mark("threads", now)
+    # Memory is reached through a live thread: a leader that called pthread_exit
+    # is a zombie without memory, and its /proc/PID/maps is empty.
+    via = _live_thread(pid, present)
+    mappings = procfs.read_maps(pid, via)
+    now = mark("maps", now)
+    exe = procfs.read_exe(pid, via)
+    cmdline = procfs.read_cmdline(pid, via)
 
     capture = _Capture(
         pid,
@@ -231,6 +233,7 @@ def freeze(
         stack_bytes,
         rescan=tids is None,
         stop_timeout_ns=int(stop_timeout * 1e9),
+        memory_tid=via or pid,
     )
     try:
         capture.spare_buffer = _populated(len(before) * min(stack_bytes, _STACK_ESTIMATE))
@@ -330,8 +333,10 @@ class _Capture:
         *,
         rescan: bool,
         stop_timeout_ns: int,
+        memory_tid: int,
     ) -> None:
         self.pid = pid
+        self.memory_tid = memory_tid  # a live thread, for maps and memory reads
         self.initial = tids
         self.mappings = mappings
         self._starts = [mapping.start for mapping in mappings]
@@ -339,12 +344,8 @@ class _Capture:
         self.rescan = rescan
         self.stop_timeout_ns = stop_timeout_ns
         self.known: set[int] = set(tids)
-        self.seized: set[int] = set()
         self.stopped: dict[int, int] = {}  # tid -> signal to hand back at detach
         self.errors: dict[int, str] = {}
-        self.gone: set[int] = set()
-        self.group_stopped: set[int] = set()  # stopped by a signal before or during the capture
-        self.late: list[int] = []  # threads found during the capture
         self.order: list[int] = []  # stopped threads, in the order of the copies below
         self.words: ctypes.Array[ctypes.c_uint64] | None = None
         self.has_registers: list[bool] = []
@@ -405,7 +406,6 @@ class _Capture:
             if not new:
                 return
             self.known.update(new)
-            self.late.extend(new)
             self._stop(new)
 
     def _list_if_changed(self) -> list[int]:
@@ -435,7 +435,6 @@ class _Capture:
                 self._seize_failed(tid, get_errno())
             else:
                 seized.append(tid)
-                self.seized.add(tid)
         self._add_time("seize", since)
         return seized
 
@@ -472,46 +471,49 @@ class _Capture:
         raise errno_error(err, tid, "PTRACE_SEIZE")
 
     def _lost(self, tid: int, why: str) -> None:
-        self.gone.add(tid)
         self.stopped.pop(tid, None)
         self.errors.setdefault(tid, why)
 
     def _wait_for_stops(self, tids: list[int]) -> None:
         """Collect the ptrace stop (or exit) of every thread in ``tids``.
 
-        waitpid on one tid at a time, in the order they were interrupted:
-        the kernel finds a given tid at once, where waitpid(-1) walks the
-        whole list of tracees on every call (quadratic with 1,000 threads).
+        One tid at a time, in the order they were interrupted: the kernel
+        finds a given tid at once, where a wait for any child walks the whole
+        list of tracees on every call (quadratic with 1,000 threads).
+        waitid(WNOWAIT) reads a stop or an exit without consuming it, so the
+        exit status of a target that is the host program's own child stays
+        for its parent to collect.
         """
-        status = ctypes.c_int()
-        status_ref = ctypes.byref(status)
-        options = WALL | WNOTHREAD | WNOHANG
-        waitpid = raw_waitpid
+        info = ChildInfo()
+        info_address = ctypes.addressof(info)
+        options = WSTOPPED | WEXITED | WNOWAIT | WNOHANG | WALL | WNOTHREAD
+        waitid = raw_waitid
         clock = time.perf_counter_ns
-        start = clock()
+        start = head_since = clock()
         deadline = start + self.stop_timeout_ns
-        next_check = start + _EXITED_CHECK_NS
+        next_check = 0
         index = 0
         count = len(tids)
         while index < count:
             tid = tids[index]
-            result = waitpid(tid, status_ref, options)
-            if result > 0:
-                self._on_wait_status(tid, status.value)
-                index += 1
-                continue
-            if result == -1:
-                if get_errno() == errno.EINTR:
+            info.pid = 0
+            if waitid(P_PID, tid, info_address, options) == 0:
+                if info.pid:
+                    self._on_child_info(tid, info.code, info.status)
+                    index += 1
+                    head_since = clock()
                     continue
+            elif get_errno() != errno.EINTR:
                 # ECHILD: no longer our tracee (it exited, or an exec took its tid).
                 self._lost(tid, "exited during the capture")
                 index += 1
                 continue
             now = clock()
-            if now >= next_check:
+            if now - head_since > _SLOW_STOP_NS and now >= next_check:
                 next_check = now + _EXITED_CHECK_NS
-                if self._has_exited(tid):
+                if self._settled_without_report(tid):
                     index += 1
+                    head_since = now
                     continue
             if now >= deadline:
                 self._give_up(tids[index:])
@@ -519,29 +521,34 @@ class _Capture:
             if now - start < _SPIN_NS:
                 raw_sched_yield()
             else:
-                _nanosleep(ctypes.byref(_POLL_SLEEP), None)
+                raw_nanosleep(ctypes.byref(_POLL_SLEEP), None)
 
-    def _on_wait_status(self, tid: int, status: int) -> None:
-        if os.WIFSTOPPED(status):
-            event = (status >> 16) & 0xFF
-            sig = os.WSTOPSIG(status)
-            # A stop for a signal (event 0) suppresses that signal; it is
-            # handed back at detach.  PTRACE_EVENT_STOP is our interrupt (or a
-            # group stop, which the kernel keeps in force after the detach).
+    def _on_child_info(self, tid: int, code: int, status: int) -> None:
+        if code in (CLD_TRAPPED, CLD_STOPPED):
+            event, sig = status >> 8, status & 0xFF
+            # A stop for a signal (event 0) suppresses that signal; it is handed
+            # back at detach.  PTRACE_EVENT_STOP is our interrupt, or a group
+            # stop (SIGSTOP and such), which the kernel keeps after the detach.
             self.stopped[tid] = sig if event == 0 else 0
-            if event == PTRACE_EVENT_STOP and sig in _STOP_SIGNALS:
-                self.group_stopped.add(tid)
-        elif os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        else:  # CLD_EXITED, CLD_KILLED, CLD_DUMPED
             self._lost(tid, "exited during the capture")
 
-    def _has_exited(self, tid: int) -> bool:
-        """Whether a thread ended without a report to us (a leader that called pthread_exit)."""
+    def _settled_without_report(self, tid: int) -> bool:
+        """For a thread slow to stop: whether /proc shows it stopped or gone after all.
+
+        A zombie leader (it called pthread_exit) never reports a stop.  A stop
+        can also be reported and consumed elsewhere: a SIGCHLD handler of the
+        host program calling waitpid(-1) collects its threads' tracees too.
+        """
         try:
             state = procfs.read_stat(self.pid, tid).state
         except ProcessNotFound:
             state = "X"
         if state in ("Z", "X"):
             self._lost(tid, "exited during the capture")
+            return True
+        if state == "t":  # in a ptrace stop, ours: it was seized by this thread
+            self.stopped[tid] = 0
             return True
         return False
 
@@ -600,7 +607,7 @@ class _Capture:
     def reread_maps(self) -> None:
         since = time.perf_counter_ns()
         try:
-            self.mappings = procfs.read_maps(self.pid)
+            self.mappings = procfs.read_maps(self.pid, self.memory_tid)
         except (ProcessNotFound, OSError):
             return
         finally:
@@ -618,7 +625,6 @@ class _Capture:
                 # ESRCH: killed while stopped (SIGKILL wakes tracees); the
                 # kernel releases it when the tracer thread exits.
                 if get_errno() == errno.ESRCH:
-                    self.gone.add(tid)
                     self.errors.setdefault(tid, "exited during the capture")
             else:
                 detached += 1
@@ -690,7 +696,7 @@ def _copy_stacks(capture: _Capture) -> None:
         capture._add_time("stacks", since)
         return
     sps = [
-        words[index * USER_REGS_WORDS + _RSP_OFFSET] if capture.has_registers[index] else None
+        words[index * USER_REGS_WORDS + _SP_INDEX] if capture.has_registers[index] else None
         for index in range(count)
     ]
     ranges = [capture.stack_range(sp) if sp is not None else None for sp in sps]
@@ -713,7 +719,7 @@ def _copy_stacks(capture: _Capture) -> None:
     capture.stack_buffer = buffer
     lengths = [0] * count
     if total:
-        got = _read_ranges(capture.pid, buffer, wanted)
+        got = _read_ranges(capture.memory_tid, buffer, wanted)
         it = iter(got)
         lengths = [next(it) if where is not None else 0 for where in ranges]
     for index, where in enumerate(ranges):
@@ -727,7 +733,9 @@ def _copy_stacks(capture: _Capture) -> None:
 
 
 def _read_ranges(pid: int, buffer: mmap.mmap, ranges: list[tuple[int, int]]) -> list[int]:
-    """Read ``ranges`` back to back into ``buffer``; the bytes read of each, from its start.
+    """Read ``ranges`` of ``pid`` (or any of its live threads) back to back into ``buffer``.
+
+    Returns the bytes read of each range, from its start.
 
     process_vm_readv takes up to IOV_MAX ranges per call and stops at the
     first one it cannot read in full; that one is retried through
@@ -743,30 +751,39 @@ def _read_ranges(pid: int, buffer: mmap.mmap, ranges: list[tuple[int, int]]) -> 
         offset += size
     got = [0] * len(ranges)
     fallback: LiveMemory | None = None
+    use_readv = True
     index = 0
     count = len(ranges)
     try:
         while index < count:
-            batch = ranges[index : index + IOV_MAX]
-            remote = iovecs(batch)
-            local = IOVec(base + offsets[index], sum(sizes[index : index + len(batch)]))
-            copied = raw_process_vm_readv(
-                pid, ctypes.addressof(local), 1, ctypes.addressof(remote), len(batch), 0
-            )
-            if copied < 0:
-                copied = 0
-            end = index + len(batch)
-            while index < end and copied >= sizes[index]:
-                got[index] = sizes[index]
-                copied -= sizes[index]
-                index += 1
-            if index == end:
-                continue
-            # Range ``index`` could not be read in full.
+            copied = 0
+            end = index + 1
+            if use_readv:
+                batch = ranges[index : index + IOV_MAX]
+                end = index + len(batch)
+                remote = iovecs(batch)
+                local = IOVec(base + offsets[index], sum(sizes[index:end]))
+                copied = raw_process_vm_readv(
+                    pid, ctypes.addressof(local), 1, ctypes.addressof(remote), len(batch), 0
+                )
+                if copied < 0:
+                    err = get_errno()
+                    if err == errno.ESRCH:  # the process is gone
+                        break
+                    # Forbidden here (a seccomp policy, an old kernel): /proc/PID/mem only.
+                    use_readv = err not in (errno.EPERM, errno.ENOSYS)
+                    copied = 0
+                while index < end and copied >= sizes[index]:
+                    got[index] = sizes[index]
+                    copied -= sizes[index]
+                    index += 1
+                if index == end:
+                    continue
+            # Range ``index`` could not be read in full by process_vm_readv.
             if fallback is None:
                 fallback = LiveMemory(pid)
             start, size = ranges[index]
-            data = fallback._pread(start, size)
+            data = fallback.read_some(start, size)
             if len(data) > copied:
                 buffer[offsets[index] : offsets[index] + len(data)] = data
                 copied = len(data)
@@ -789,9 +806,20 @@ def _populated(size: int) -> mmap.mmap | None:
         return None
 
 
+def _live_thread(pid: int, tids: Sequence[int]) -> int | None:
+    """None when the leader is alive (use /proc/PID), else a live thread's tid."""
+    for tid in [pid, *tids]:
+        try:
+            if procfs.read_stat(pid, tid).state not in ("Z", "X"):
+                return None if tid == pid else tid
+        except ProcessNotFound:
+            continue
+    return None
+
+
 def _name_and_state(pid: int, tid: int) -> tuple[str, str]:
     try:
         stat = procfs.read_stat(pid, tid)
-    except (ProcessNotFound, RedhandError):
+    except (ProcessNotFound, PermissionDenied):
         return "", "?"
     return stat.comm, stat.state

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from redhand.errors import PermissionDenied, ProcessNotFound
 from redhand.target.model import Mapping
 
-PF_KTHREAD = 0x00200000  # task->flags of a kernel thread (include/linux/sched.h)
+PF_EXITING = 0x00000004  # task->flags (include/linux/sched.h): the thread is exiting
+PF_KTHREAD = 0x00200000  # a kernel thread
 DELETED_SUFFIX = " (deleted)"
 _CHUNK = 1 << 16
 

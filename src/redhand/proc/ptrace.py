@@ -4,7 +4,9 @@ Two handles on libc are kept.  ``_libc`` releases the GIL around each call and
 serves calls that may block (a waitpid without WNOHANG).  ``_fast`` keeps the
 GIL: the calls made while a target is frozen are short system calls, and
 giving the GIL away around each of them would let any busy Python thread of
-the host delay the capture by a whole switch interval (5 ms) per call.
+the host delay the capture by a whole switch interval (5 ms) per call.  The
+``raw_*`` functions return -1 and leave errno (:func:`get_errno`) on failure;
+the others raise.
 
 Failures are turned into redhand's errors in one place, :func:`errno_error`,
 by errno value.
@@ -72,8 +74,13 @@ PTRACE_SYSCALL_INFO_SECCOMP = 3
 
 NT_PRSTATUS = 1
 WNOHANG = 1
+WSTOPPED = 2
+WEXITED = 4
+WNOWAIT = 0x01000000  # report, but leave the child waitable (do not reap it)
 WNOTHREAD = 0x20000000  # __WNOTHREAD: only this thread's children and tracees
 WALL = 0x40000000  # __WALL: clone children (threads) as well as normal ones
+P_PID = 1
+CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_TRAPPED, CLD_STOPPED = 1, 2, 3, 4, 5
 IOV_MAX = 1024
 
 USER_REGS_WORDS = len(USER_REGS_FIELDS)  # 27
@@ -84,6 +91,25 @@ _SYSCALL_INFO_SIZE = 88
 
 class IOVec(ctypes.Structure):
     _fields_ = (("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t))
+
+
+class ChildInfo(ctypes.Structure):
+    """siginfo_t as waitid() fills it (the SIGCHLD fields), 128 bytes."""
+
+    _fields_ = (
+        ("signo", ctypes.c_int),
+        ("errno", ctypes.c_int),
+        ("code", ctypes.c_int),  # CLD_*
+        ("_pad", ctypes.c_int),
+        ("pid", ctypes.c_int),  # 0 when WNOHANG found nothing
+        ("uid", ctypes.c_uint),
+        ("status", ctypes.c_int),  # exit code, or for a ptrace stop (event << 8) | signal
+        ("_rest", ctypes.c_byte * 100),
+    )
+
+
+class Timespec(ctypes.Structure):
+    _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
 
 
 def _bind(lib: ctypes.CDLL, name: str, restype: type, argtypes: Sequence[type]) -> Any:
@@ -118,7 +144,11 @@ _WAITPID_ARGS = (ctypes.c_int, ctypes.POINTER(ctypes.c_int), ctypes.c_int)
 raw_ptrace = _bind(_fast, "ptrace", ctypes.c_long, _PTRACE_ARGS)
 raw_waitpid = _bind(_fast, "waitpid", ctypes.c_int, _WAITPID_ARGS)
 raw_process_vm_readv = _bind(_fast, "process_vm_readv", ctypes.c_ssize_t, _READV_ARGS)
+raw_waitid = _bind(
+    _fast, "waitid", ctypes.c_int, (ctypes.c_int, ctypes.c_uint, ctypes.c_void_p, ctypes.c_int)
+)
 raw_sched_yield = _bind(_fast, "sched_yield", ctypes.c_int, ())
+raw_nanosleep = _bind(_fast, "nanosleep", ctypes.c_int, (ctypes.c_void_p, ctypes.c_void_p))
 _blocking_waitpid = _bind(_libc, "waitpid", ctypes.c_int, _WAITPID_ARGS)
 get_errno = ctypes.get_errno
 
@@ -138,6 +168,8 @@ def errno_error(err: int, pid: int, what: str) -> RedhandError:
         return ProcessNotFound(
             pid, f"{what}: thread {pid} does not exist or is not stopped under redhand"
         )
+    if err == _errno.ECHILD:
+        return ProcessNotFound(pid, f"{what}: {pid} is neither a child nor a tracee of redhand")
     if err in (_errno.EPERM, _errno.EACCES):
         return PermissionDenied(pid, f"{what}: not allowed to trace process {pid} ({reason})")
     return ProcessError(pid, f"{what} failed on {pid}: {reason} ({_errno.errorcode.get(err, err)})")
@@ -309,8 +341,6 @@ def waitpid(pid: int, options: int = WALL) -> tuple[int, int]:
             return result, status.value
         err = get_errno()
         if err != _errno.EINTR:
-            if err == _errno.ECHILD:
-                raise ChildProcessError(err, f"waitpid({pid}): no such child or tracee")
             raise errno_error(err, pid, "waitpid")
 
 
@@ -349,12 +379,15 @@ class LiveMemory:
     """The memory of a running process: process_vm_readv, else /proc/PID/mem.
 
     /proc/PID/mem also reads what process_vm_readv refuses (a mapping without
-    read permission, or a kernel or container that forbids the call).  Call
-    :meth:`close` (or use ``with``) to release the /proc/PID/mem descriptor.
+    read permission, or a kernel or container that forbids the call).  When
+    the main thread has exited (pthread_exit) while others run on, reads go
+    through a live thread.  Call :meth:`close` (or use ``with``) to release
+    the /proc/PID/mem descriptor.
     """
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self._via = pid  # the task whose memory (the process's) is read
         self._mem_fd: int | None = None
         self._vm_readv_works = True
 
@@ -368,25 +401,48 @@ class LiveMemory:
         buf = ctypes.create_string_buffer(size)
         err = 0
         if self._vm_readv_works:
-            copied, err = readv_into(self.pid, ctypes.addressof(buf), ((address, size),))
+            copied, err = readv_into(self._via, ctypes.addressof(buf), ((address, size),))
+            if err == _errno.ESRCH and self._retarget():
+                copied, err = readv_into(self._via, ctypes.addressof(buf), ((address, size),))
             if copied == size:
                 return buf.raw
             if err in (_errno.EPERM, _errno.ENOSYS):
                 self._vm_readv_works = False
-        data = self._pread(address, size)
+        data = self.read_some(address, size)
         if len(data) == size:
             return data
         if err == _errno.ESRCH:
             raise MemoryReadError(address, size, f"process {self.pid} has exited")
         raise MemoryReadError(address, size)
 
-    def _pread(self, address: int, size: int) -> bytes:
+    def _retarget(self) -> bool:
+        """Read through another thread when the one used has no memory left (a zombie)."""
+        try:
+            tids = os.listdir(f"/proc/{self.pid}/task")
+        except OSError:
+            return False
+        for name in tids:
+            tid = int(name)
+            if tid == self._via:
+                continue
+            try:
+                with open(f"/proc/{self.pid}/task/{tid}/stat", "rb") as file:
+                    state = file.read().rpartition(b")")[2].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state not in (b"Z", b"X"):
+                self._via = tid
+                self.close()
+                return True
+        return False
+
+    def read_some(self, address: int, size: int) -> bytes:
         """As many bytes as /proc/PID/mem gives from ``address`` on (maybe fewer than asked)."""
         chunks: list[bytes] = []
         done = 0
         try:
             if self._mem_fd is None:
-                self._mem_fd = os.open(f"/proc/{self.pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+                self._mem_fd = os.open(f"/proc/{self._via}/mem", os.O_RDONLY | os.O_CLOEXEC)
             while done < size:
                 chunk = os.pread(self._mem_fd, size - done, address + done)
                 if not chunk:

@@ -138,6 +138,13 @@ class Target:
         # the very end of it).
         lookup_pc = pc if raw.signal_frame else pc - 1
         match = module.lookup(lookup_pc)
+        if match is None and not raw.signal_frame:
+            # A return address at the very start of a function: the caller
+            # was a signal delivery, returning into a trampoline such as
+            # __restore_rt (whose FDE starts a byte early for this reason).
+            at_pc = module.lookup(pc)
+            if at_pc is not None and at_pc.offset == 0:
+                match = at_pc
         build_id = module.build_id
         if match is None:
             return Frame(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from redhand.unwind.callsite import follows_call, is_call_before
 from redhand.unwind.cfi import CfaRule, CfiError, CfiTable, Cie, Fde, Row, Rule, RuleKind
 from redhand.unwind.expr import ExpressionError, evaluate
 from redhand.unwind.unwinder import (
@@ -10,6 +11,7 @@ from redhand.unwind.unwinder import (
     CfiStrategy,
     FramePointerStrategy,
     FrameState,
+    LeafStrategy,
     RawFrame,
     SigreturnStrategy,
     Stop,
@@ -30,6 +32,7 @@ __all__ = [
     "Fde",
     "FramePointerStrategy",
     "FrameState",
+    "LeafStrategy",
     "RawFrame",
     "Row",
     "Rule",
@@ -40,4 +43,6 @@ __all__ = [
     "UnwindModule",
     "Unwinder",
     "evaluate",
+    "follows_call",
+    "is_call_before",
 ]

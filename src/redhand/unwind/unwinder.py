@@ -1,7 +1,8 @@
 """The per-frame strategy chain: from a thread's registers to its raw frames.
 
 For each frame the unwinder asks its strategies in order (DWARF CFI, the
-sigreturn trampoline, a call through a bad pointer, the frame-pointer chain);
+sigreturn trampoline, a call through a bad pointer, a frameless stub, the
+frame-pointer chain, a return address at sp);
 the first that applies gives the caller's registers.  A strategy that does
 not apply says why, and when none applies the trace ends with the most
 telling of those reasons.  Every frame records how it was found
@@ -24,6 +25,7 @@ from redhand.errors import MemoryReadError, RedhandError
 from redhand.target.memory import Memory
 from redhand.target.model import DWARF_FP, DWARF_RA, DWARF_SP, EndReason, Registers, Trust
 from redhand.unwind._reader import MASK64, CfiError
+from redhand.unwind.callsite import follows_call
 from redhand.unwind.cfi import CfiTable, Fde, Row, RuleKind
 from redhand.unwind.expr import ExpressionError, evaluate
 
@@ -34,6 +36,7 @@ __all__ = [
     "CfiStrategy",
     "FramePointerStrategy",
     "FrameState",
+    "LeafStrategy",
     "RawFrame",
     "SigreturnStrategy",
     "Stop",
@@ -62,9 +65,11 @@ class RawFrame:
     """One unwound frame, before symbolization.
 
     ``signal_frame`` is True when ``pc`` is exact (frame 0, or a frame a
-    signal interrupted): symbolize pc itself.  Otherwise pc is a return
-    address: symbolize pc - 1.  ``cfa`` is this frame's canonical frame
-    address when CFI computed it, else None.
+    signal interrupted): symbolize pc itself.  ``trampoline`` is True for the
+    frame of a signal trampoline (``__restore_rt``, where a handler returns):
+    its pc is exact too, though nothing interrupted it.  Otherwise pc is a
+    return address: symbolize pc - 1 (:attr:`lookup_pc` says which).  ``cfa``
+    is this frame's canonical frame address when CFI computed it, else None.
     """
 
     pc: int
@@ -72,6 +77,12 @@ class RawFrame:
     trust: Trust
     signal_frame: bool
     cfa: int | None = None
+    trampoline: bool = False
+
+    @property
+    def lookup_pc(self) -> int:
+        """The address to symbolize: pc when it is exact, else pc - 1 (inside the call)."""
+        return self.pc if self.signal_frame or self.trampoline else self.pc - 1
 
 
 class UnwindModule(Protocol):
@@ -97,6 +108,8 @@ class FrameState:
     signal_frame: bool
     callee_cfa: int | None = None
     """The CFA of the frame this one was unwound from (known only through CFI)."""
+    from_trampoline: bool = False
+    """The frame this one was unwound from is a signal trampoline."""
 
     @property
     def sp(self) -> int | None:
@@ -229,6 +242,7 @@ def _apply_row(
         trust=Trust.CONTEXT if signal else Trust.CFI,
         signal_frame=signal,
         callee_cfa=cfa,
+        from_trampoline=signal,
     )
 
 
@@ -255,7 +269,11 @@ class SigreturnStrategy:
         for number, value in zip(_MCONTEXT_DWARF, values, strict=True):
             caller[number] = value
         return FrameState(
-            pc=values[-1], regs=caller, trust=Trust.CONTEXT, signal_frame=True, callee_cfa=None
+            pc=values[-1],
+            regs=caller,
+            trust=Trust.CONTEXT,
+            signal_frame=True,
+            from_trampoline=True,
         )
 
 
@@ -288,8 +306,76 @@ class BadCallStrategy:
         return FrameState(pc=ra, regs=caller, trust=Trust.SCAN, signal_frame=False)
 
 
+class LeafStrategy:
+    """An exact pc in code without CFI and without a frame: the return address is at sp.
+
+    Hand-written assembly stubs (system call wrappers such as glibc's clone3,
+    whose CFI leaves the instructions around its syscall uncovered) neither
+    describe themselves nor set up rbp.  For frame 0, or a frame a signal
+    interrupted, the word at sp is taken as the return address when it is
+    executable and right after a call instruction; trust SCAN.
+
+    With ``strict`` the call must also be a direct call to a function that
+    starts at or before pc and does not begin by pushing rbp (so it has no
+    frame of its own): then this runs before the frame-pointer strategy, which
+    would lose the stub's caller.  Without ``strict`` it runs after it: a
+    wrong frame pointer loses one frame, a stale word taken for a return
+    address would invent frames.
+    """
+
+    name = "leaf"
+
+    def __init__(self, *, strict: bool) -> None:
+        self.strict = strict
+
+    def step(self, unwinder: Unwinder, frame: FrameState) -> FrameState | Stop:
+        sp = frame.regs[DWARF_SP]
+        if not frame.signal_frame or sp is None:
+            return NOT_APPLICABLE
+        memory = unwinder.memory
+        try:
+            (ra,) = _WORD.unpack(memory.read(sp, 8))
+        except MemoryReadError:
+            return NOT_APPLICABLE
+        if not unwinder.executable(ra) or not unwinder.follows_call(ra):
+            return NOT_APPLICABLE
+        if self.strict and not _direct_call_into_frameless(memory, ra, frame.pc):
+            return NOT_APPLICABLE
+        caller = list(frame.regs)
+        caller[DWARF_SP] = sp + 8
+        caller[DWARF_RA] = ra
+        return FrameState(pc=ra, regs=caller, trust=Trust.SCAN, signal_frame=False)
+
+
+_ENDBR64 = bytes.fromhex("f30f1efa")
+_PUSH_RBP = 0x55
+_MAX_STUB = 1 << 16  # how far pc may be from the start of the stub it is in
+
+
+def _direct_call_into_frameless(memory: Memory, ra: int, pc: int) -> bool:
+    """Whether ``ra`` follows ``call rel32`` to a function holding ``pc`` that pushes no rbp."""
+    try:
+        call = memory.read(ra - 5, 5)
+        if call[0] != 0xE8:
+            return False
+        target = (ra + int.from_bytes(call[1:], "little", signed=True)) & MASK64
+        if not 0 <= pc - target < _MAX_STUB:
+            return False
+        entry = memory.read(target, 5)
+    except MemoryReadError:
+        return False
+    skip = len(_ENDBR64) if entry.startswith(_ENDBR64) else 0
+    # At the entry itself nothing is pushed yet, whatever the function does next.
+    return pc == target + skip or entry[skip] != _PUSH_RBP
+
+
 class FramePointerStrategy:
-    """The rbp chain: caller pc = [rbp+8], caller sp = rbp+16, caller rbp = [rbp]."""
+    """The rbp chain: caller pc = [rbp+8], caller sp = rbp+16, caller rbp = [rbp].
+
+    Validated: rbp is 8-aligned, not below sp, and readable; the return
+    address is executable and, when the code can be read, right after a call
+    (or a signal trampoline, where the kernel "returns" a handler to).
+    """
 
     name = "fp"
 
@@ -314,11 +400,13 @@ class FramePointerStrategy:
             )
         if ra == 0:
             return Stop(EndReason.OUTERMOST, "the frame-pointer chain ends")
-        if not unwinder.executable(ra):
+        if not unwinder.executable(ra) or (
+            unwinder.follows_call(ra) is False and not unwinder.is_sigreturn(ra)
+        ):
             return Stop(
                 EndReason.NO_UNWIND_INFO,
-                f"no CFI for {frame.pc:#x}, and rbp ({rbp:#x}) gives return address {ra:#x},"
-                " which is not in executable memory",
+                f"no CFI for {frame.pc:#x}, and rbp ({rbp:#x}) gives {ra:#x},"
+                " which is not a return address",
                 final=False,
             )
         caller = list(regs)
@@ -332,7 +420,9 @@ DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
     CfiStrategy(),
     SigreturnStrategy(),
     BadCallStrategy(),
+    LeafStrategy(strict=True),
     FramePointerStrategy(),
+    LeafStrategy(strict=False),
 )
 
 
@@ -361,6 +451,7 @@ class Unwinder:
         self._modules: dict[int, UnwindModule | None] = {}
         self._executable: dict[int, bool] = {}
         self._sigreturn: dict[int, bool] = {}
+        self._calls: dict[int, bool | None] = {}
         self._tables: dict[int, tuple[UnwindModule, CfiTable | None]] = {}
 
     # -- services for strategies ------------------------------------------------
@@ -392,6 +483,14 @@ class Unwinder:
             return self._executable[address]
         except KeyError:
             result = self._executable[address] = bool(self._is_executable(address))
+            return result
+
+    def follows_call(self, address: int) -> bool | None:
+        """Whether a call instruction ends right before ``address`` (None: code unreadable)."""
+        try:
+            return self._calls[address]
+        except KeyError:
+            result = self._calls[address] = follows_call(self.memory, address)
             return result
 
     def is_sigreturn(self, pc: int) -> bool:
@@ -443,8 +542,13 @@ class Unwinder:
             except CfiError as error:
                 result = Stop(EndReason.NO_UNWIND_INFO, str(error))
             sp = frame.regs[DWARF_SP]
-            cfa = result.callee_cfa if isinstance(result, FrameState) else None
-            frames.append(RawFrame(frame.pc, sp or 0, frame.trust, frame.signal_frame, cfa))
+            if isinstance(result, FrameState):
+                cfa, trampoline = result.callee_cfa, result.from_trampoline
+            else:
+                cfa, trampoline = None, False
+            frames.append(
+                RawFrame(frame.pc, sp or 0, frame.trust, frame.signal_frame, cfa, trampoline)
+            )
             if isinstance(result, Stop):
                 return frames, result.reason, result.detail
             caller = result
