@@ -254,7 +254,9 @@ def test_rows_match_readelf(programs: dict[str, Path], name: str) -> None:
     oracle = readelf_frames(path)
     table = CfiTable.from_elf(ElfFile.open(path))
     assert table is not None
-    fdes, rows, problems = compare_with_readelf(table, oracle)
+    # Every FDE of the smaller files; every other one of the two big libraries.
+    every = 2 if name in ("libc", "libstdc++") else 1
+    fdes, rows, problems = compare_with_readelf(table, oracle, every=every)
     assert not problems, "\n".join(problems[:20])
     assert fdes > 0 and rows >= fdes
     if name == "static":
@@ -826,7 +828,7 @@ def test_corrupt_cfi_raises_only_cfi_error(programs: dict[str, Path]) -> None:
         clean = CfiTable.from_elf(elf)
         assert clean is not None
         fdes = list(clean.iter_fdes())
-        pcs = [rng.choice(fdes).pc_begin + rng.randrange(16) for _ in range(40)]
+        pcs = [rng.choice(fdes).pc_begin + rng.randrange(16) for _ in range(20)]
         sources.append((eh, hdr, pcs))
     slowest = 0.0
     started = time.perf_counter()
@@ -846,7 +848,7 @@ def test_corrupt_cfi_raises_only_cfi_error(programs: dict[str, Path]) -> None:
                 eh_frame_hdr=hdr_data,
                 eh_frame_hdr_vaddr=hdr.sh_addr,
             )
-            _exercise(table, pcs, 40)
+            _exercise(table, pcs, 25)
         except CfiError:
             pass
         slowest = max(slowest, time.perf_counter() - begin)
@@ -858,7 +860,7 @@ def test_corrupt_synthetic_cfi_raises_only_cfi_error() -> None:
     """Every CIE flavour and pointer encoding, in .eh_frame and .debug_frame, damaged."""
     rng = random.Random(5)
     eh_frame, debug_frame = _synthetic(READELF_ENCODINGS + OTHER_ENCODINGS, vaddr=0x200)
-    for _ in range(300):
+    for _ in range(200):
         eh, debug = _mutate(eh_frame, rng), _mutate(debug_frame, rng)
         try:
             table = CfiTable.from_bytes(eh_frame=eh, eh_frame_vaddr=0x200, debug_frame=debug)

@@ -98,11 +98,18 @@ def permission_problem(pid: int, status: dict[str, str] | None = None) -> tuple[
     if not capable:
         uid, gid = os.getuid(), os.getgid()
         uids, gids = _ids(status, "Uid")[:3], _ids(status, "Gid")[:3]
-        if uids and (any(value != uid for value in uids) or any(value != gid for value in gids)):
+        if uids and any(value != uid for value in uids):
             owner = uids[1]
             return (
                 f"it runs as uid {owner} and redhand as uid {uid}, without CAP_SYS_PTRACE",
                 f"run redhand as root or as uid {owner}",
+                True,
+            )
+        if gids and any(value != gid for value in gids):
+            group = gids[1]
+            return (
+                f"it runs as gid {group} and redhand as gid {gid}, without CAP_SYS_PTRACE",
+                f"run redhand as root or with gid {group}",
                 True,
             )
         # The files in /proc/PID of a process that is not dumpable belong to root

@@ -35,6 +35,13 @@ The order of work:
 The tracer thread waits for each thread with waitid(__WALL | __WNOTHREAD |
 WNOWAIT): it looks only at its own tracees and consumes nothing, so the exit
 status of a target that is a child of the host program stays for the host.
+It keeps the GIL through its system calls (see redhand.proc.ptrace) and runs
+at nice -20 when allowed (nice is per thread on Linux, so the host's priority
+is untouched): on a busy machine it waits less for a CPU while the target is
+frozen.
+
+``tids`` stops only the threads asked for: one thread's backtrace needs
+nothing from the others, and the rest of the program runs on.
 
 Blocking system calls interrupted by the freeze are restarted by the kernel,
 except those Linux never restarts (epoll_wait, semop, sigtimedwait, ...: see
@@ -44,6 +51,7 @@ signal(7)), which return EINTR to the program, as with gdb or strace.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import errno
 import mmap
@@ -197,34 +205,28 @@ def freeze(
 
     check_process(pid)
     now = mark("check", started)
-    present = procfs.list_tids(pid)
-    if tids is None:
-        wanted = present
-    else:
-        wanted = sorted(set(tids))
-        missing = sorted(set(wanted) - set(present))
-        if missing:
-            listed = " ".join(str(tid) for tid in missing)
-            raise ProcessNotFound(
-                pid,
-                f"process {pid} has no thread {listed}",
-                hint=f"its threads are listed in /proc/{pid}/task",
-            )
-    before: dict[int, tuple[str, str]] = {}
-    for tid in wanted:
-        try:
-            stat = procfs.read_stat(pid, tid)
-        except ProcessNotFound:
-            continue
-        before[tid] = (stat.comm, stat.state)
-    now = mark("threads", now)
-    # Memory is reached through a live thread: a leader that called pthread_exit
-    # is a zombie without memory, and its /proc/PID/maps is empty.
-    via = _live_thread(pid, present)
-    mappings = procfs.read_maps(pid, via)
-    now = mark("maps", now)
-    exe = procfs.read_exe(pid, via)
-    cmdline = procfs.read_cmdline(pid, via)
+    try:
+        present = procfs.list_tids(pid)
+        _check_requested(pid, tids, present)
+        before: dict[int, tuple[str, str]] = {}
+        for tid in present if tids is None else sorted(set(tids)):
+            try:
+                stat = procfs.read_stat(pid, tid)
+            except ProcessNotFound:
+                continue
+            before[tid] = (stat.comm, stat.state)
+        now = mark("threads", now)
+        # Memory is reached through a live thread: a leader that called pthread_exit
+        # is a zombie without memory, and its /proc/PID/maps is empty.
+        via = _live_thread(pid, present)
+        mappings = procfs.read_maps(pid, via)
+        now = mark("maps", now)
+        exe = procfs.read_exe(pid, via)
+        cmdline = procfs.read_cmdline(pid, via)
+    except ProcessNotFound as error:
+        if error.pid != pid or procfs.has_process(pid):
+            raise
+        raise ProcessExited(pid, f"process {pid} exited before it could be frozen") from error
 
     capture = _Capture(
         pid,
@@ -306,6 +308,19 @@ def _run_as_tracer(work: Callable[[], None]) -> None:
         raise failure[0]
 
 
+def _raise_priority() -> None:
+    """Give the calling thread (the tracer) the highest CFS priority, if allowed.
+
+    On a busy machine the freeze lasts as long as the tracer waits for a CPU;
+    at nice -20 it waits least (on 2 busy cores this halved the freeze of
+    1,000 threads).  Linux's nice is per thread and the tracer thread ends
+    with the capture, so nothing else of the host changes.  Without
+    CAP_SYS_NICE this does nothing.
+    """
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)
+
+
 def _wait_for_thread_exit(tid: int, timeout: float = 1.0) -> None:
     """Wait until the kernel has released an ended thread, and so its tracees.
 
@@ -382,6 +397,7 @@ class _Capture:
         return not has_live_thread(self.pid)
 
     def run(self) -> None:
+        _raise_priority()
         try:
             self._freeze_all()
             self._copy_registers()
@@ -804,6 +820,17 @@ def _populated(size: int) -> mmap.mmap | None:
         return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
     except OSError:
         return None
+
+
+def _check_requested(pid: int, tids: Collection[int] | None, present: Sequence[int]) -> None:
+    missing = sorted(set(tids or ()) - set(present))
+    if missing:
+        listed = " ".join(str(tid) for tid in missing)
+        raise ProcessNotFound(
+            pid,
+            f"process {pid} has no thread {listed}",
+            hint=f"its threads are listed in /proc/{pid}/task",
+        )
 
 
 def _live_thread(pid: int, tids: Sequence[int]) -> int | None:

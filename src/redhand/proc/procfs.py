@@ -213,6 +213,11 @@ def read_cmdline(pid: int, tid: int | None = None) -> list[str]:
     return [os.fsdecode(arg) for arg in data.split(b"\0")]
 
 
+def has_process(pid: int) -> bool:
+    """Whether /proc knows ``pid`` (a process or a thread, alive or a zombie)."""
+    return os.path.exists(f"/proc/{pid}")
+
+
 def is_kernel_thread(pid: int) -> bool:
     return read_stat(pid).is_kernel_thread
 

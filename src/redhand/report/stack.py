@@ -118,7 +118,9 @@ def format_frame(frame: Frame, style: Style) -> str:
         notes.append("nearest symbol")
     if frame.trust in (Trust.FP, Trust.SCAN):
         notes.append(f"found by {'frame pointer' if frame.trust is Trust.FP else 'scanning'}")
-    if frame.signal_frame and frame.index > 0:
+    if frame.trampoline:
+        notes.append("signal handler called")
+    elif frame.signal_frame and frame.index > 0:
         notes.append("interrupted by a signal")
     if notes:
         text += " " + style("[" + "; ".join(notes) + "]", "magenta")

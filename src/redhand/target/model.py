@@ -172,7 +172,9 @@ class Frame:
     exact: bool = True
     """False when ``function`` is only the nearest symbol below pc, not one known to hold it."""
     signal_frame: bool = False
-    """This frame was interrupted by a signal: its pc is exact, not a return address."""
+    """The pc is exact, not a return address: frame 0, or a frame a signal interrupted."""
+    trampoline: bool = False
+    """The signal trampoline a handler returns to (gdb's ``<signal handler called>``)."""
 
     @property
     def module_name(self) -> str | None:
@@ -209,6 +211,8 @@ class Frame:
             "inlined": self.inlined,
             "trust": str(self.trust),
             "exact": self.exact,
+            "signal_frame": self.signal_frame,
+            "trampoline": self.trampoline,
         }
 
 

@@ -132,19 +132,18 @@ class Target:
         pc = raw.pc
         module = self.modules.find(pc)
         if module is None:
-            return Frame(index, pc, raw.sp, raw.trust, signal_frame=raw.signal_frame)
+            return Frame(
+                index,
+                pc,
+                raw.sp,
+                raw.trust,
+                signal_frame=raw.signal_frame,
+                trampoline=raw.trampoline,
+            )
         # A return address points after the call; the call itself (pc - 1) is
         # what lies inside the calling function (it may be a noreturn call at
-        # the very end of it).
-        lookup_pc = pc if raw.signal_frame else pc - 1
-        match = module.lookup(lookup_pc)
-        if match is None and not raw.signal_frame:
-            # A return address at the very start of a function: the caller
-            # was a signal delivery, returning into a trampoline such as
-            # __restore_rt (whose FDE starts a byte early for this reason).
-            at_pc = module.lookup(pc)
-            if at_pc is not None and at_pc.offset == 0:
-                match = at_pc
+        # the very end of it).  The unwinder says when pc is exact instead.
+        match = module.lookup(raw.lookup_pc)
         build_id = module.build_id
         if match is None:
             return Frame(
@@ -156,6 +155,7 @@ class Target:
                 module=module.path,
                 build_id=build_id,
                 signal_frame=raw.signal_frame,
+                trampoline=raw.trampoline,
             )
         return Frame(
             index,
@@ -168,6 +168,7 @@ class Target:
             build_id=build_id,
             exact=match.exact,
             signal_frame=raw.signal_frame,
+            trampoline=raw.trampoline,
         )
 
 
