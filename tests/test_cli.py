@@ -242,3 +242,57 @@ def test_help_lists_exit_codes() -> None:
     result = run_redhand("stack", "--help")
     assert result.returncode == 0
     assert "exit codes" in result.stdout and "already traced" in result.stdout
+
+
+def _wait_for_handlers(pid: int) -> None:
+    """Wait until redhand catches SIGTERM: past the interpreter's own start-up.
+
+    (A signal during Python's start-up, before any of redhand's code runs,
+    gets Python's default behaviour; that is not what this test is about.)
+    """
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            return
+        caught = int(status.split("SigCgt:")[1].split()[0], 16)
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.001)
+
+
+def test_interrupted_command_leaves_the_target_running(workers: LiveProgram) -> None:
+    """SIGINT, SIGTERM or SIGHUP during `redhand stack`: a clean exit, a running target."""
+    import random
+
+    rng = random.Random(20261122)
+    for attempt in range(24):
+        signum = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)[attempt % 3]
+        process = subprocess.Popen(
+            [sys.executable, "-m", "redhand", "stack", str(workers.pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for_handlers(process.pid)
+        time.sleep(rng.uniform(0.0, 0.15))
+        process.send_signal(signum)
+        try:
+            _, stderr = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        assert "Traceback" not in stderr, stderr
+        # Finished before the signal, interrupted cleanly, or ended by the
+        # signal's default action during the interpreter's final clean-up
+        # (Python restores the default handlers as it exits).
+        assert process.returncode in (0, 130, -signum), (process.returncode, stderr)
+        if process.returncode == 130:
+            assert stderr.strip() == "redhand: interrupted"
+        states = {
+            (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            for task in Path(f"/proc/{workers.pid}/task").iterdir()
+        }
+        assert not states & {"t", "T"}, f"attempt {attempt}: threads left stopped: {states}"

@@ -6,31 +6,52 @@ its ``threads`` each have a ``backtrace()``, a sequence of :class:`Frame`.
 
 from __future__ import annotations
 
-from redhand.errors import (
-    AlreadyTraced,
-    ElfError,
-    FileNotFound,
-    KernelThread,
-    MemoryReadError,
-    PermissionDenied,
-    ProcessError,
-    ProcessExited,
-    ProcessNotFound,
-    RedhandError,
-    UnsupportedElf,
-    ZombieProcess,
-)
-from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from redhand.errors import (
+        AlreadyTraced,
+        ElfError,
+        FileNotFound,
+        KernelThread,
+        MemoryReadError,
+        PermissionDenied,
+        ProcessError,
+        ProcessExited,
+        ProcessNotFound,
+        RedhandError,
+        UnsupportedElf,
+        ZombieProcess,
+    )
     from redhand.target.live import attach
+    from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
     from redhand.target.module import Module
     from redhand.target.target import Target, Thread
 
-# Imported on first use: `import redhand` stays cheap, and the model and the
-# errors are usable without the live-process and ELF machinery.
+# Everything is imported on first use: `import redhand` (and so the start of
+# the `redhand` command, which must be ready for a Ctrl-C at once) costs
+# nothing, and the model and the errors are usable without the live-process
+# and ELF machinery.
+_ERRORS = "redhand.errors"
+_MODEL = "redhand.target.model"
 _LAZY = {
+    "AlreadyTraced": _ERRORS,
+    "ElfError": _ERRORS,
+    "FileNotFound": _ERRORS,
+    "KernelThread": _ERRORS,
+    "MemoryReadError": _ERRORS,
+    "PermissionDenied": _ERRORS,
+    "ProcessError": _ERRORS,
+    "ProcessExited": _ERRORS,
+    "ProcessNotFound": _ERRORS,
+    "RedhandError": _ERRORS,
+    "UnsupportedElf": _ERRORS,
+    "ZombieProcess": _ERRORS,
+    "Backtrace": _MODEL,
+    "EndReason": _MODEL,
+    "Frame": _MODEL,
+    "Mapping": _MODEL,
+    "Registers": _MODEL,
+    "Trust": _MODEL,
     "attach": "redhand.target.live",
     "Module": "redhand.target.module",
     "Target": "redhand.target.target",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -191,18 +190,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERNAL
 
 
-def entry_point() -> None:
-    # SIGPIPE is ignored by Python already; EPIPE is handled in main().
-    # SIGTERM and SIGHUP become KeyboardInterrupt-like exits, so that cleanup
-    # (detaching a frozen process) runs through the normal unwinding path.
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_interrupt)
-    sys.exit(main())
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 if __name__ == "__main__":
-    entry_point()
+    sys.exit(main())

@@ -372,6 +372,7 @@ class _Capture:
         self.first_stop_ns = 0
         self.last_detach_ns = 0
         self.phase_ns: dict[str, int] = {}
+        self.late_names: dict[int, tuple[str, str]] = {}  # tid -> (name, state) of new threads
 
     @property
     def frozen_ns(self) -> int:
@@ -423,6 +424,11 @@ class _Capture:
                 return
             self.known.update(new)
             self._stop(new)
+            # Threads born during the capture: their names now, while they are
+            # stopped and so still exist (their state before the stop is unknown).
+            for tid in new:
+                if tid in self.stopped:
+                    self.late_names[tid] = (_name_and_state(self.pid, tid)[0], "?")
 
     def _list_if_changed(self) -> list[int]:
         """The process's threads, or [] when its thread count shows that none is new.
@@ -670,6 +676,8 @@ class _Capture:
         for tid in sorted(self.known, key=lambda tid: (tid != self.pid, tid)):
             if tid in before:
                 name, state = before[tid]
+            elif tid in self.late_names:
+                name, state = self.late_names[tid]
             else:
                 name, state = _name_and_state(self.pid, tid)
             registers: Registers | None = None
