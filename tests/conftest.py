@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from helpers import missing_prerequisites
+
+_cache_dir: str | None = None
+"""This session's cache directory (XDG_CACHE_HOME), removed at the end."""
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -22,6 +28,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             + "\nInstall them and run the tests again.",
             returncode=4,
         )
+    # redhand's persistent cache (symbol indexes) goes to a directory of this
+    # session, for redhand run in-process and in subprocesses alike: the tests
+    # build hundreds of programs, none of which belongs in the user's cache.
+    global _cache_dir
+    _cache_dir = tempfile.mkdtemp(prefix="redhand-test-cache-")
+    os.environ["XDG_CACHE_HOME"] = _cache_dir
+    os.environ.pop("REDHAND_CACHE", None)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _cache_dir is not None:
+        shutil.rmtree(_cache_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -388,7 +388,7 @@ def test_frame_pointer_chain_end(captures: dict[str, Capture]) -> None:
 
 
 def test_no_unwind_info(captures: dict[str, Capture]) -> None:
-    capture = replace(captures["fp-deep"], registers=replace(captures["fp-deep"].registers, rbp=0))
+    capture = replace(captures["fp-deep"], registers=captures["fp-deep"].registers.replace(rbp=0))
     frames, end, detail, _ = _unwind(capture)
     assert end is EndReason.NO_UNWIND_INFO and len(frames) == 1
     assert detail is not None and "rbp" in detail

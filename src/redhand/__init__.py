@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         UnsupportedElf,
         ZombieProcess,
     )
+    from redhand.target.core import open_core
     from redhand.target.live import attach
     from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
     from redhand.target.module import Module
@@ -53,6 +54,7 @@ _LAZY = {
     "Registers": _MODEL,
     "Trust": _MODEL,
     "attach": "redhand.target.live",
+    "open_core": "redhand.target.core",
     "Module": "redhand.target.module",
     "Target": "redhand.target.target",
     "Thread": "redhand.target.target",
@@ -96,4 +98,5 @@ __all__ = [
     "ZombieProcess",
     "__version__",
     "attach",
+    "open_core",
 ]

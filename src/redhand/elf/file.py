@@ -12,7 +12,6 @@ bounds-checked readers below it.
 from __future__ import annotations
 
 import contextlib
-import lzma
 import mmap
 import os
 import stat
@@ -20,13 +19,17 @@ import struct
 import sys
 import zlib
 from bisect import bisect_right
+from collections import namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import NamedTuple
 
+from redhand._value import Value
 from redhand.elf import constants as c
 from redhand.errors import ElfError, FileNotFound, UnsupportedElf
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import NamedTuple
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr, 64 bytes
 _PHDR = struct.Struct("<IIQQQQQQ")  # Elf64_Phdr, 56 bytes
@@ -45,8 +48,9 @@ _MAX_SECTIONS = 1 << 20
 
 _Buffer = bytes | mmap.mmap
 
-# The exceptions a parser can raise on bad input, translated in _parsing().
-_LOW_LEVEL_ERRORS = (
+# The exceptions a parser can raise on bad input, translated in _parsing();
+# lzma.LZMAError too, once lzma is imported (only .gnu_debugdata needs it).
+_LOW_LEVEL_ERRORS: tuple[type[Exception], ...] = (
     struct.error,
     IndexError,
     KeyError,
@@ -54,9 +58,15 @@ _LOW_LEVEL_ERRORS = (
     OverflowError,
     UnicodeError,
     zlib.error,
-    lzma.LZMAError,
     EOFError,
 )
+
+
+def _is_low_level(exc: Exception) -> bool:
+    if isinstance(exc, _LOW_LEVEL_ERRORS):
+        return True
+    lzma = sys.modules.get("lzma")
+    return lzma is not None and isinstance(exc, lzma.LZMAError)
 
 
 def _cstring(data: _Buffer, offset: int) -> str:
@@ -73,9 +83,35 @@ def _describe_start(head: bytes) -> str:
     return f"starts with {head[:16]!r}"
 
 
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One program header (Elf64_Phdr)."""
+class Segment(Value):
+    """One program header (Elf64_Phdr).  Immutable; compared without its file.
+
+    (Not a dataclass: see :mod:`redhand._value` for why.)
+    """
+
+    __slots__ = (
+        "_elf",
+        "_index",
+        "_p_align",
+        "_p_filesz",
+        "_p_flags",
+        "_p_memsz",
+        "_p_offset",
+        "_p_paddr",
+        "_p_type",
+        "_p_vaddr",
+    )
+    _fields = (
+        "p_type",
+        "p_flags",
+        "p_offset",
+        "p_vaddr",
+        "p_paddr",
+        "p_filesz",
+        "p_memsz",
+        "p_align",
+        "index",
+    )
 
     p_type: int
     p_flags: int
@@ -86,7 +122,34 @@ class Segment:
     p_memsz: int
     p_align: int
     index: int
-    _elf: ElfFile = field(repr=False, compare=False)
+    _elf: ElfFile
+
+    def __init__(
+        self,
+        p_type: int,
+        p_flags: int,
+        p_offset: int,
+        p_vaddr: int,
+        p_paddr: int,
+        p_filesz: int,
+        p_memsz: int,
+        p_align: int,
+        index: int,
+        _elf: ElfFile,
+    ) -> None:
+        self._p_type = p_type
+        self._p_flags = p_flags
+        self._p_offset = p_offset
+        self._p_vaddr = p_vaddr
+        self._p_paddr = p_paddr
+        self._p_filesz = p_filesz
+        self._p_memsz = p_memsz
+        self._p_align = p_align
+        self._index = index
+        self._elf = _elf
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        raise TypeError("a Segment belongs to an open ElfFile and cannot be pickled")
 
     def data(self) -> bytes:
         """The segment's ``p_filesz`` bytes from the file (ElfError if the file is shorter)."""
@@ -108,9 +171,39 @@ class Segment:
         return bool(self.p_flags & c.PF_X)
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
-    """One section header (Elf64_Shdr) and its name."""
+class Section(Value):
+    """One section header (Elf64_Shdr) and its name.  Immutable; compared without its file.
+
+    (Not a dataclass: see :mod:`redhand._value` for why.)
+    """
+
+    __slots__ = (
+        "_elf",
+        "_index",
+        "_name",
+        "_sh_addr",
+        "_sh_addralign",
+        "_sh_entsize",
+        "_sh_flags",
+        "_sh_info",
+        "_sh_link",
+        "_sh_offset",
+        "_sh_size",
+        "_sh_type",
+    )
+    _fields = (
+        "name",
+        "sh_type",
+        "sh_flags",
+        "sh_addr",
+        "sh_offset",
+        "sh_size",
+        "sh_link",
+        "sh_info",
+        "sh_addralign",
+        "sh_entsize",
+        "index",
+    )
 
     name: str
     sh_type: int
@@ -123,7 +216,38 @@ class Section:
     sh_addralign: int
     sh_entsize: int
     index: int
-    _elf: ElfFile = field(repr=False, compare=False)
+    _elf: ElfFile
+
+    def __init__(
+        self,
+        name: str,
+        sh_type: int,
+        sh_flags: int,
+        sh_addr: int,
+        sh_offset: int,
+        sh_size: int,
+        sh_link: int,
+        sh_info: int,
+        sh_addralign: int,
+        sh_entsize: int,
+        index: int,
+        _elf: ElfFile,
+    ) -> None:
+        self._name = name
+        self._sh_type = sh_type
+        self._sh_flags = sh_flags
+        self._sh_addr = sh_addr
+        self._sh_offset = sh_offset
+        self._sh_size = sh_size
+        self._sh_link = sh_link
+        self._sh_info = sh_info
+        self._sh_addralign = sh_addralign
+        self._sh_entsize = sh_entsize
+        self._index = index
+        self._elf = _elf
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        raise TypeError("a Section belongs to an open ElfFile and cannot be pickled")
 
     def data(self) -> bytes:
         """The section's contents.
@@ -151,49 +275,69 @@ class Section:
         )
 
 
-class ElfSymbol(NamedTuple):
+# The small records below are named tuples.  At run time they are made with
+# collections.namedtuple: ``typing.NamedTuple`` would import ``typing``, which
+# cost 5-10 ms of the start of ``redhand stack`` on the reference machine;
+# the type checker sees the same fields, typed, in the TYPE_CHECKING branch.
+if TYPE_CHECKING:
+
+    class _ElfSymbol(NamedTuple):
+        name: str
+        value: int
+        size: int
+        type: int
+        bind: int
+        shndx: int
+        other: int
+
+    class Note(NamedTuple):
+        """One ELF note: ``offset`` is where its header starts in the file."""
+
+        name: str
+        type: int
+        desc: bytes
+        offset: int
+
+    class Relocation(NamedTuple):
+        """One Elf64_Rela entry, with r_info split into symbol index and type."""
+
+        r_offset: int
+        r_type: int
+        r_sym: int
+        r_addend: int
+
+    class SymbolColumns(NamedTuple):
+        """A symbol table as columns, one item per symbol (``st_info``/``st_other`` as bytes)."""
+
+        st_name: list[int]
+        st_info: bytes
+        st_other: bytes
+        st_shndx: list[int]
+        st_value: list[int]
+        st_size: list[int]
+
+else:
+    _ElfSymbol = namedtuple("ElfSymbol", "name value size type bind shndx other")
+    Note = namedtuple("Note", "name type desc offset", module=__name__)
+    Note.__doc__ = "One ELF note: ``offset`` is where its header starts in the file."
+    Relocation = namedtuple("Relocation", "r_offset r_type r_sym r_addend", module=__name__)
+    Relocation.__doc__ = "One Elf64_Rela entry, with r_info split into symbol index and type."
+    SymbolColumns = namedtuple(
+        "SymbolColumns", "st_name st_info st_other st_shndx st_value st_size", module=__name__
+    )
+    SymbolColumns.__doc__ = (
+        "A symbol table as columns, one item per symbol (``st_info``/``st_other`` as bytes)."
+    )
+
+
+class ElfSymbol(_ElfSymbol):
     """One Elf64_Sym with its name resolved."""
 
-    name: str
-    value: int
-    size: int
-    type: int
-    bind: int
-    shndx: int
-    other: int
+    __slots__ = ()
 
     @property
     def visibility(self) -> int:
         return self.other & 0x3
-
-
-class Note(NamedTuple):
-    """One ELF note: ``offset`` is where its header starts in the file."""
-
-    name: str
-    type: int
-    desc: bytes
-    offset: int
-
-
-class Relocation(NamedTuple):
-    """One Elf64_Rela entry, with r_info split into symbol index and type."""
-
-    r_offset: int
-    r_type: int
-    r_sym: int
-    r_addend: int
-
-
-class SymbolColumns(NamedTuple):
-    """A symbol table as columns, one item per symbol (``st_info``/``st_other`` as bytes)."""
-
-    st_name: list[int]
-    st_info: bytes
-    st_other: bytes
-    st_shndx: list[int]
-    st_value: list[int]
-    st_size: list[int]
 
 
 class SymbolTable:
@@ -445,13 +589,15 @@ class ElfFile:
             yield
         except ElfError:
             raise
-        except _LOW_LEVEL_ERRORS as exc:
+        except MemoryError:
+            raise ElfError(self.path, f"corrupt {what}: too large to read") from None
+        except Exception as exc:
+            if not _is_low_level(exc):
+                raise
             if self._closed:
                 raise ElfError(self.path, f"cannot read {what}: the file is closed") from None
             detail = str(exc) or type(exc).__name__
             raise ElfError(self.path, f"corrupt {what}: {detail}") from exc
-        except MemoryError:
-            raise ElfError(self.path, f"corrupt {what}: too large to read") from None
 
     def _error(self, message: str) -> ElfError:
         return ElfError(self.path, message)
@@ -839,6 +985,8 @@ class ElfFile:
         sec = self.get_section_by_name(".gnu_debugdata")
         if sec is None or sec.sh_type == c.SHT_NOBITS:
             return None
+        import lzma  # only here: MiniDebugInfo is rare, and lzma costs a few ms to import
+
         with self._parsing(".gnu_debugdata"):
             packed = sec.data()
             decompressor = lzma.LZMADecompressor()

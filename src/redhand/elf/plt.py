@@ -23,11 +23,15 @@ The layouts, as GNU ld writes them:
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from collections.abc import Iterator
-from typing import NamedTuple
 
 from redhand.elf import constants as c
 from redhand.elf.file import ElfFile, Section
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
 PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got", ".iplt")
 
@@ -35,21 +39,33 @@ _DISP = struct.Struct("<i")
 _ENDBR64 = b"\xf3\x0f\x1e\xfa"
 
 
-class PltStub(NamedTuple):
-    """One PLT entry that jumps through a GOT slot.
+_PLT_STUB_DOC = """One PLT entry that jumps through a GOT slot.
 
-    ``symbol`` is the import's name (from the dynamic symbol table, without
-    version), None for an R_X86_64_IRELATIVE slot (then ``addend`` is the
-    IFUNC resolver's address) or a slot no relocation describes.
-    """
+``symbol`` is the import's name (from the dynamic symbol table, without
+version), None for an R_X86_64_IRELATIVE slot (then ``addend`` is the
+IFUNC resolver's address) or a slot no relocation describes.
+"""
 
-    address: int
-    size: int
-    section: str
-    got_address: int
-    symbol: str | None
-    reloc_type: int | None
-    addend: int
+# A named tuple made with collections.namedtuple at run time, so that this
+# module does not import typing (see redhand.elf.file for the cost).
+if TYPE_CHECKING:
+
+    class PltStub(NamedTuple):
+        address: int
+        size: int
+        section: str
+        got_address: int
+        symbol: str | None
+        reloc_type: int | None
+        addend: int
+
+else:
+    PltStub = namedtuple(
+        "PltStub",
+        "address size section got_address symbol reloc_type addend",
+        module=__name__,
+    )
+    PltStub.__doc__ = _PLT_STUB_DOC
 
 
 def _jump_slot(entry: bytes) -> int | None:

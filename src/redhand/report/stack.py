@@ -6,14 +6,15 @@ renderers only format it, so the text and the JSON never disagree.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
-from dataclasses import dataclass
-from typing import TextIO
 
 from redhand.report.style import Style
 from redhand.target.model import Backtrace, EndReason, Frame, Trust
 from redhand.target.target import DEFAULT_MAX_FRAMES, Target, Thread
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 JSON_VERSION = 1
 
@@ -28,25 +29,45 @@ END_TEXT = {
 }
 
 
-@dataclass
+# ThreadGroup and StackReport are plain classes, not dataclasses: see
+# redhand._value for what dataclasses cost at the start of `redhand stack`.
+
+
 class ThreadGroup:
     """Threads with identical stacks, shown once."""
 
-    threads: list[Thread]
-    backtrace: Backtrace
+    def __init__(self, threads: list[Thread], backtrace: Backtrace) -> None:
+        self.threads = threads
+        self.backtrace = backtrace
+
+    def __repr__(self) -> str:
+        return f"ThreadGroup(tids={self.tids}, backtrace={self.backtrace!r})"
 
     @property
     def tids(self) -> list[int]:
         return [thread.tid for thread in self.threads]
 
 
-@dataclass
 class StackReport:
-    target: Target
-    groups: list[ThreadGroup]
-    max_frames: int | None
-    """How many frames to show per thread; None shows them all."""
-    show_timing: bool = False
+    """What ``redhand stack`` shows: the target and its threads grouped by stack.
+
+    ``max_frames`` is how many frames to show per thread; None shows them all.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        groups: list[ThreadGroup],
+        max_frames: int | None,
+        show_timing: bool = False,
+    ) -> None:
+        self.target = target
+        self.groups = groups
+        self.max_frames = max_frames
+        self.show_timing = show_timing
+
+    def __repr__(self) -> str:
+        return f"StackReport({self.target!r}, {len(self.groups)} groups)"
 
 
 def build_stack_report(
@@ -225,5 +246,7 @@ def stack_json(report: StackReport) -> dict[str, object]:
 
 
 def render_stack_json(report: StackReport, stream: TextIO) -> None:
-    json.dump(stack_json(report), stream, indent=2)
+    from redhand.report import _json  # here: only --json needs it
+
+    stream.write(_json.dumps(stack_json(report), indent=2))
     stream.write("\n")

@@ -8,7 +8,10 @@ Colour is used only when the stream is a terminal and NO_COLOR is unset
 from __future__ import annotations
 
 import os
-from typing import TextIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
 
 _CODES = {
     "bold": "1",

@@ -10,13 +10,15 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-import cxxfilt
-import pyderust
+# cxxfilt and pyderust are imported on the first C++ or Rust name: importing
+# cxxfilt took 10-35 ms on the reference machine (it runs ctypes.util's
+# find_library, which starts ldconfig) and pyderust a few ms, while most
+# stacks of C programs need neither.
 
 # Rust's legacy scheme is C++-shaped (_ZN...E) and ends its path with a
 # 17-character hash segment "h" + 16 hex digits, optionally followed by a
 # suffix that LLVM adds (".llvm.1234").
-_RUST_LEGACY = re.compile(r"_ZN.*17h[0-9a-f]{16}E(?:\.|$)")
+_RUST_LEGACY = r"_ZN.*17h[0-9a-f]{16}E(?:\.|$)"
 
 # The OCaml compiler's markers around a compilation unit's code and data:
 # labels, not functions.  Names as in `nm` of ocamlopt output, 4.x and 5.x.
@@ -30,8 +32,10 @@ _OCAML_MARKERS = (
 )
 # Units start "caml" + capital; the runtime's own sections are caml_hot,
 # caml_system, caml_startup (caml_system__code_begin).
-_OCAML_MARKER = re.compile(r"caml[A-Za-z0-9_$.]*?(?:__|\.)(?:" + "|".join(_OCAML_MARKERS) + ")$")
-_OCAML_STAMP = re.compile(r"(.*[^_.])_([0-9]+)$")
+_OCAML_MARKER = r"caml[A-Za-z0-9_$.]*?(?:__|\.)(?:" + "|".join(_OCAML_MARKERS) + ")$"
+_OCAML_STAMP = r"(.*[^_.])_([0-9]+)$"
+# The patterns are compiled on first use (by re's own cache): compiling the
+# three at import took 0.5 ms of the start of `redhand stack`.
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -43,7 +47,7 @@ def strip_version(name: str) -> str:
 
 def is_ocaml_marker(name: str) -> bool:
     """True for ``camlFoo__code_begin``, ``caml_system__code_end`` and such (not functions)."""
-    return name.startswith("caml") and _OCAML_MARKER.match(name) is not None
+    return name.startswith("caml") and re.match(_OCAML_MARKER, name) is not None
 
 
 @lru_cache(maxsize=65536)
@@ -59,7 +63,7 @@ def demangle(name: str) -> str:
     """
     base = strip_version(name)
     if base.startswith("_Z"):
-        if _RUST_LEGACY.match(base):
+        if re.match(_RUST_LEGACY, base):
             rust = _demangle_rust(base)
             if rust is not None:
                 return rust
@@ -74,6 +78,8 @@ def demangle(name: str) -> str:
 
 def _demangle_cxx(name: str) -> str:
     try:
+        import cxxfilt
+
         result = cxxfilt.demangle(name)
     except Exception:  # cxxfilt.InvalidName, and anything else libiberty's wrapper raises
         return name
@@ -82,6 +88,8 @@ def _demangle_cxx(name: str) -> str:
 
 def _demangle_rust(name: str) -> str | None:
     try:
+        import pyderust
+
         result = pyderust.demangle(name)
     except Exception:  # pyderust.DemangleError (a ValueError); never let a name crash a report
         return None
@@ -112,7 +120,7 @@ def demangle_ocaml(name: str) -> str | None:
     if is_ocaml_marker(name):
         return None
     body = name[4:]
-    stamp = _OCAML_STAMP.match(body)
+    stamp = re.match(_OCAML_STAMP, body)
     if stamp is not None:
         stem = stamp.group(1)
         last = max(stem.rfind("__"), stem.rfind("."))

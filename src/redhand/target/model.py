@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
-from typing import overload
+
+from redhand._value import Value
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import overload
 
 # The order of ``struct user_regs_struct`` in <sys/user.h> (x86_64), which is
 # also the layout of NT_PRSTATUS's pr_reg and of PTRACE_GETREGSET NT_PRSTATUS.
@@ -29,37 +33,106 @@ DWARF_SP = 7
 DWARF_FP = 6
 
 
-@dataclass(frozen=True, slots=True)
-class Registers:
-    """The general-purpose registers of one thread (x86_64 user_regs_struct)."""
+class Registers(Value):
+    """The general-purpose registers of one thread (x86_64 user_regs_struct).
 
-    r15: int = 0
-    r14: int = 0
-    r13: int = 0
-    r12: int = 0
-    rbp: int = 0
-    rbx: int = 0
-    r11: int = 0
-    r10: int = 0
-    r9: int = 0
-    r8: int = 0
-    rax: int = 0
-    rcx: int = 0
-    rdx: int = 0
-    rsi: int = 0
-    rdi: int = 0
-    orig_rax: int = 0
-    rip: int = 0
-    cs: int = 0
-    eflags: int = 0
-    rsp: int = 0
-    ss: int = 0
-    fs_base: int = 0
-    gs_base: int = 0
-    ds: int = 0
-    es: int = 0
-    fs: int = 0
-    gs: int = 0
+    Immutable; :meth:`replace` gives a copy with some registers changed.  (Not
+    a dataclass: see :mod:`redhand._value` for why.)
+    """
+
+    __slots__ = tuple(f"_{name}" for name in USER_REGS_FIELDS)
+    _fields = USER_REGS_FIELDS
+    __match_args__ = (
+        "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8",
+        "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax", "rip", "cs", "eflags",
+        "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+    )  # fmt: skip
+
+    r15: int
+    r14: int
+    r13: int
+    r12: int
+    rbp: int
+    rbx: int
+    r11: int
+    r10: int
+    r9: int
+    r8: int
+    rax: int
+    rcx: int
+    rdx: int
+    rsi: int
+    rdi: int
+    orig_rax: int
+    rip: int
+    cs: int
+    eflags: int
+    rsp: int
+    ss: int
+    fs_base: int
+    gs_base: int
+    ds: int
+    es: int
+    fs: int
+    gs: int
+
+    def __init__(
+        self,
+        r15: int = 0,
+        r14: int = 0,
+        r13: int = 0,
+        r12: int = 0,
+        rbp: int = 0,
+        rbx: int = 0,
+        r11: int = 0,
+        r10: int = 0,
+        r9: int = 0,
+        r8: int = 0,
+        rax: int = 0,
+        rcx: int = 0,
+        rdx: int = 0,
+        rsi: int = 0,
+        rdi: int = 0,
+        orig_rax: int = 0,
+        rip: int = 0,
+        cs: int = 0,
+        eflags: int = 0,
+        rsp: int = 0,
+        ss: int = 0,
+        fs_base: int = 0,
+        gs_base: int = 0,
+        ds: int = 0,
+        es: int = 0,
+        fs: int = 0,
+        gs: int = 0,
+    ) -> None:
+        self._r15 = r15
+        self._r14 = r14
+        self._r13 = r13
+        self._r12 = r12
+        self._rbp = rbp
+        self._rbx = rbx
+        self._r11 = r11
+        self._r10 = r10
+        self._r9 = r9
+        self._r8 = r8
+        self._rax = rax
+        self._rcx = rcx
+        self._rdx = rdx
+        self._rsi = rsi
+        self._rdi = rdi
+        self._orig_rax = orig_rax
+        self._rip = rip
+        self._cs = cs
+        self._eflags = eflags
+        self._rsp = rsp
+        self._ss = ss
+        self._fs_base = fs_base
+        self._gs_base = gs_base
+        self._ds = ds
+        self._es = es
+        self._fs = fs
+        self._gs = gs
 
     @classmethod
     def from_user_regs(cls, values: Sequence[int]) -> Registers:
@@ -83,21 +156,63 @@ class Registers:
         return {number: getattr(self, name) for number, name in enumerate(DWARF_REGISTERS)}
 
     def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return dict(zip(USER_REGS_FIELDS, self._get(self), strict=True))  # type: ignore[arg-type]
+
+    def replace(self, **changes: int) -> Registers:
+        """A copy with the registers named in ``changes`` set to new values."""
+        values = self.as_dict()
+        unknown = changes.keys() - values.keys()
+        if unknown:
+            raise TypeError(f"no such register: {', '.join(sorted(unknown))}")
+        values.update(changes)
+        return Registers(**values)
 
 
-@dataclass(frozen=True, slots=True)
-class Mapping:
-    """One line of /proc/PID/maps, or one PT_LOAD/NT_FILE entry of a core."""
+class Mapping(Value):
+    """One line of /proc/PID/maps, or one PT_LOAD/NT_FILE entry of a core.
+
+    ``path`` is the path as the process saw it, or a pseudo-name like
+    ``[stack]``; None if the mapping is anonymous.  (Not a dataclass: see
+    :mod:`redhand._value` for why.)
+    """
+
+    __slots__ = (
+        "_dev",
+        "_end",
+        "_inode",
+        "_offset",
+        "_path",
+        "_perms",
+        "_start",
+    )
+    _fields = ("start", "end", "perms", "offset", "dev", "inode", "path")
+    __match_args__ = ("start", "end", "perms", "offset", "dev", "inode", "path")
 
     start: int
     end: int
     perms: str
-    offset: int = 0
-    dev: str = "00:00"
-    inode: int = 0
-    path: str | None = None
-    """The path as the process saw it, or a pseudo-name like ``[stack]``; None if anonymous."""
+    offset: int
+    dev: str
+    inode: int
+    path: str | None
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        perms: str,
+        offset: int = 0,
+        dev: str = "00:00",
+        inode: int = 0,
+        path: str | None = None,
+    ) -> None:
+        self._start = start
+        self._end = end
+        self._perms = perms
+        self._offset = offset
+        self._dev = dev
+        self._inode = inode
+        self._path = path
 
     def contains(self, address: int) -> bool:
         return self.start <= address < self.end
@@ -145,8 +260,7 @@ class EndReason(enum.StrEnum):
     NO_REGISTERS = "no-registers"  # the thread's registers are unknown
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(Value):
     """One frame of a backtrace, innermost first.
 
     ``function`` is None when the pc resolves to no symbol; then ``module``
@@ -154,27 +268,107 @@ class Frame:
     name is only the nearest preceding symbol of a stripped binary,
     ``exact`` is False.  ``file``, ``line`` and ``column`` are None when the
     module has no usable line information.
+
+    - ``offset``: pc minus the function's start; or, when ``function`` is
+      None, pc minus the module's base.
+    - ``exact``: False when ``function`` is only the nearest symbol below pc,
+      not one known to hold it.
+    - ``signal_frame``: the pc is exact, not a return address: frame 0, or a
+      frame a signal interrupted.
+    - ``trampoline``: the signal trampoline a handler returns to (gdb's
+      ``<signal handler called>``).
+
+    Immutable.  (Not a dataclass: see :mod:`redhand._value` for why.)
     """
+
+    __slots__ = (
+        "_build_id",
+        "_column",
+        "_exact",
+        "_file",
+        "_function",
+        "_index",
+        "_inlined",
+        "_line",
+        "_module",
+        "_offset",
+        "_pc",
+        "_signal_frame",
+        "_sp",
+        "_trampoline",
+        "_trust",
+    )
+    _fields = (
+        "index",
+        "pc",
+        "sp",
+        "trust",
+        "function",
+        "offset",
+        "module",
+        "build_id",
+        "file",
+        "line",
+        "column",
+        "inlined",
+        "exact",
+        "signal_frame",
+        "trampoline",
+    )
+    __match_args__ = (
+        "index", "pc", "sp", "trust", "function", "offset", "module", "build_id",
+        "file", "line", "column", "inlined", "exact", "signal_frame", "trampoline",
+    )  # fmt: skip
 
     index: int
     pc: int
     sp: int
     trust: Trust
-    function: str | None = None
-    offset: int | None = None
-    """pc minus the function's start; or, when ``function`` is None, pc minus the module's base."""
-    module: str | None = None
-    build_id: str | None = None
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-    inlined: bool = False
-    exact: bool = True
-    """False when ``function`` is only the nearest symbol below pc, not one known to hold it."""
-    signal_frame: bool = False
-    """The pc is exact, not a return address: frame 0, or a frame a signal interrupted."""
-    trampoline: bool = False
-    """The signal trampoline a handler returns to (gdb's ``<signal handler called>``)."""
+    function: str | None
+    offset: int | None
+    module: str | None
+    build_id: str | None
+    file: str | None
+    line: int | None
+    column: int | None
+    inlined: bool
+    exact: bool
+    signal_frame: bool
+    trampoline: bool
+
+    def __init__(
+        self,
+        index: int,
+        pc: int,
+        sp: int,
+        trust: Trust,
+        function: str | None = None,
+        offset: int | None = None,
+        module: str | None = None,
+        build_id: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        inlined: bool = False,
+        exact: bool = True,
+        signal_frame: bool = False,
+        trampoline: bool = False,
+    ) -> None:
+        self._index = index
+        self._pc = pc
+        self._sp = sp
+        self._trust = trust
+        self._function = function
+        self._offset = offset
+        self._module = module
+        self._build_id = build_id
+        self._file = file
+        self._line = line
+        self._column = column
+        self._inlined = inlined
+        self._exact = exact
+        self._signal_frame = signal_frame
+        self._trampoline = trampoline
 
     @property
     def module_name(self) -> str | None:
@@ -232,10 +426,13 @@ class Backtrace(Sequence[Frame]):
         self.end = end
         self.end_detail = end_detail
 
-    @overload
-    def __getitem__(self, index: int) -> Frame: ...
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Frame]: ...
+    if TYPE_CHECKING:
+
+        @overload
+        def __getitem__(self, index: int) -> Frame: ...
+        @overload
+        def __getitem__(self, index: slice) -> Sequence[Frame]: ...
+
     def __getitem__(self, index: int | slice) -> Frame | Sequence[Frame]:
         return self._frames[index]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 from redhand.elf import ElfFile
 from redhand.elf.constants import PT_LOAD
@@ -25,7 +24,6 @@ PAGE_MASK = ~0xFFF
 VDSO = "[vdso]"
 
 
-@dataclass(eq=False)
 class Module:
     """One ELF file mapped into the target.
 
@@ -33,24 +31,39 @@ class Module:
     ``bias`` is the load bias: a pc minus the bias is the file's link-time
     address.  It is 0 for non-PIE executables.  ``open_path`` is where the file
     can be read now (for a live process, /proc/PID/map_files/..., which is the
-    very file mapped even if it was deleted or replaced since).
+    very file mapped even if it was deleted or replaced since).  ``problem``
+    says why the file could not be used (unreadable, not ELF, ...), once known.
+    (A plain class, not a dataclass: see :mod:`redhand._value` for why.)
     """
 
-    path: str
-    mappings: list[Mapping]
-    open_path: str | None = None
-    loader: Callable[[], ElfFile | None] | None = None
-    debug_dirs: Sequence[str] = ("/usr/lib/debug",)
-    problem: str | None = None
-    """Why the file could not be used (unreadable, not ELF, ...), once known."""
+    def __init__(
+        self,
+        path: str,
+        mappings: list[Mapping],
+        open_path: str | None = None,
+        loader: Callable[[], ElfFile | None] | None = None,
+        debug_dirs: Sequence[str] = ("/usr/lib/debug",),
+        problem: str | None = None,
+    ) -> None:
+        self.path = path
+        self.mappings = mappings
+        self.open_path = open_path
+        self.loader = loader
+        self.debug_dirs = debug_dirs
+        self.problem = problem
+        self._elf: ElfFile | None = None
+        self._loaded = False
+        self._bias: int | None = None
+        self._symbols: ModuleSymbols | None = None
+        self._symbols_loaded = False
+        self._cfi: CfiTable | None = None
+        self._cfi_loaded = False
 
-    _elf: ElfFile | None = field(default=None, repr=False)
-    _loaded: bool = field(default=False, repr=False)
-    _bias: int | None = field(default=None, repr=False)
-    _symbols: ModuleSymbols | None = field(default=None, repr=False)
-    _symbols_loaded: bool = field(default=False, repr=False)
-    _cfi: CfiTable | None = field(default=None, repr=False)
-    _cfi_loaded: bool = field(default=False, repr=False)
+    def __repr__(self) -> str:
+        return (
+            f"Module(path={self.path!r}, mappings={self.mappings!r}, "
+            f"open_path={self.open_path!r}, problem={self.problem!r})"
+        )
 
     @property
     def start(self) -> int:
@@ -112,12 +125,15 @@ class Module:
             self._cfi_loaded = True
             elf = self.elf()
             if elf is not None:
-                extra: list[ElfFile] = []
-                symbols = self.symbols()
-                if symbols is not None and symbols.debug_elf is not None:
-                    extra.append(symbols.debug_elf)
+
+                def debug_files() -> list[ElfFile]:
+                    # Only asked when elf's own CFI has no answer for a pc.
+                    symbols = self.symbols()
+                    debug = symbols.debug_elf if symbols is not None else None
+                    return [debug] if debug is not None else []
+
                 try:
-                    self._cfi = CfiTable.from_elf(elf, extra)
+                    self._cfi = CfiTable.from_elf(elf, debug_files)
                 except RedhandError as error:
                     self.problem = str(error)
         return self._cfi

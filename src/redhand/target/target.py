@@ -10,33 +10,58 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from redhand.target.memory import Memory
 from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
 from redhand.target.module import Module, ModuleMap
 from redhand.unwind.unwinder import RawFrame, Unwinder
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from redhand.analysis.crash import Crash
+    from redhand.target.signals import SignalInfo
+
 DEFAULT_MAX_FRAMES = 1024
 
 
-@dataclass(eq=False)
 class Thread:
     """One thread of a target.
 
     ``registers`` is None when they could not be captured (the thread exited
-    during the capture); ``problem`` then says why.
+    during the capture); ``problem`` then says why.  (A plain class, not a
+    dataclass: see :mod:`redhand._value` for why.)
     """
 
-    tid: int
-    name: str
-    registers: Registers | None
-    target: Target = field(repr=False)
-    state: str | None = None
-    problem: str | None = None
-    crashed: bool = False
-    signal: int | None = None
-    _backtraces: dict[int, Backtrace] = field(default_factory=dict, repr=False)
+    def __init__(
+        self,
+        tid: int,
+        name: str,
+        registers: Registers | None,
+        target: Target,
+        state: str | None = None,
+        problem: str | None = None,
+        crashed: bool = False,
+        signal: int | None = None,
+        siginfo: SignalInfo | None = None,
+    ) -> None:
+        self.siginfo = siginfo
+        """The signal that stopped or killed this thread, when known (a core's NT_SIGINFO)."""
+        self.tid = tid
+        self.name = name
+        self.registers = registers
+        self.target = target
+        self.state = state
+        self.problem = problem
+        self.crashed = crashed
+        self.signal = signal
+        self._backtraces: dict[int, Backtrace] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"Thread(tid={self.tid}, name={self.name!r}, registers={self.registers!r}, "
+            f"state={self.state!r}, problem={self.problem!r}, crashed={self.crashed}, "
+            f"signal={self.signal})"
+        )
 
     def backtrace(self, max_frames: int = DEFAULT_MAX_FRAMES) -> Backtrace:
         """This thread's frames, innermost first (computed once per limit, then cached)."""
@@ -77,7 +102,12 @@ class Target:
         self.timings: dict[str, float] = dict(timings or {})
         """Seconds spent in each phase (freeze, unwind, symbols, ...)."""
         self.threads: list[Thread] = []
+        self.crash: Crash | None = None
+        """For a core (or a process caught at a fatal signal): what happened, explained."""
         self.warnings: list[str] = []
+        self._named: dict[
+            tuple[int, int], tuple[str | None, int | None, str | None, str | None, bool]
+        ] = {}
         self._unwinder = Unwinder(memory, self.modules.find, self.is_executable)
 
     def __repr__(self) -> str:
@@ -130,46 +160,47 @@ class Target:
     def symbolize(self, raw: RawFrame, index: int) -> Frame:
         """Name a raw frame: function, offset, module and build-id."""
         pc = raw.pc
-        module = self.modules.find(pc)
-        if module is None:
-            return Frame(
-                index,
-                pc,
-                raw.sp,
-                raw.trust,
-                signal_frame=raw.signal_frame,
-                trampoline=raw.trampoline,
-            )
-        # A return address points after the call; the call itself (pc - 1) is
-        # what lies inside the calling function (it may be a noreturn call at
-        # the very end of it).  The unwinder says when pc is exact instead.
-        match = module.lookup(raw.lookup_pc)
-        build_id = module.build_id
-        if match is None:
-            return Frame(
-                index,
-                pc,
-                raw.sp,
-                raw.trust,
-                offset=pc - module.bias,
-                module=module.path,
-                build_id=build_id,
-                signal_frame=raw.signal_frame,
-                trampoline=raw.trampoline,
-            )
+        lookup_pc = raw.lookup_pc
+        # The same pc gets the same name in every thread: looked up once.
+        key = (pc, lookup_pc)
+        named = self._named.get(key)
+        if named is None:
+            named = self._named[key] = self._name(pc, lookup_pc)
+        function, offset, module, build_id, exact = named
         return Frame(
             index,
             pc,
             raw.sp,
             raw.trust,
-            function=match.symbol.name,
-            offset=pc - module.bias - match.symbol.start,
-            module=module.path,
-            build_id=build_id,
-            exact=match.exact,
-            signal_frame=raw.signal_frame,
-            trampoline=raw.trampoline,
+            function,
+            offset,
+            module,
+            build_id,
+            None,
+            None,
+            None,
+            False,
+            exact,
+            raw.signal_frame,
+            raw.trampoline,
         )
+
+    def _name(
+        self, pc: int, lookup_pc: int
+    ) -> tuple[str | None, int | None, str | None, str | None, bool]:
+        """(function, offset, module, build-id, exact) for a frame at ``pc``."""
+        module = self.modules.find(pc)
+        if module is None:
+            return None, None, None, None, True
+        # A return address points after the call; the call itself (pc - 1) is
+        # what lies inside the calling function (it may be a noreturn call at
+        # the very end of it).  The unwinder says when pc is exact instead.
+        match = module.lookup(lookup_pc)
+        build_id = module.build_id
+        if match is None:
+            return None, pc - module.bias, module.path, build_id, True
+        offset = pc - module.bias - match.symbol.start
+        return match.symbol.name, offset, module.path, build_id, match.exact
 
 
 __all__ = ["DEFAULT_MAX_FRAMES", "Target", "Thread", "Trust"]

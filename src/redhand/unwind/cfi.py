@@ -20,9 +20,8 @@ import bisect
 import enum
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
 
+from redhand._value import Value
 from redhand.elf.constants import PT_GNU_EH_FRAME, PT_LOAD, SHT_NOBITS
 from redhand.errors import RedhandError
 from redhand.unwind._reader import (
@@ -38,7 +37,10 @@ from redhand.unwind._reader import (
     skip_pointer,
 )
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import ClassVar
+
     from redhand.elf import ElfFile
 
 __all__ = [
@@ -105,13 +107,23 @@ class RuleKind(enum.IntEnum):
     VAL_EXPRESSION = 6  # is the value ``expression`` computes (the CFA pushed first)
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One register's rule; ``expression`` is empty unless kind is an expression."""
+class Rule(Value):
+    """One register's rule; ``expression`` is empty unless kind is an expression.
+
+    Immutable.  (Not a dataclass: see :mod:`redhand._value` for why.)
+    """
+
+    __slots__ = ("_expression", "_kind", "_value")
+    _fields = ("kind", "value", "expression")
 
     kind: RuleKind
-    value: int = 0
-    expression: bytes = b""
+    value: int
+    expression: bytes
+
+    def __init__(self, kind: RuleKind, value: int = 0, expression: bytes = b"") -> None:
+        self._kind = kind
+        self._value = value
+        self._expression = expression
 
     def __str__(self) -> str:
         kind = self.kind
@@ -134,13 +146,23 @@ UNDEFINED_RULE = Rule(RuleKind.UNDEFINED)
 SAME_VALUE_RULE = Rule(RuleKind.SAME_VALUE)
 
 
-@dataclass(frozen=True, slots=True)
-class CfaRule:
-    """The canonical frame address: ``register + offset``, or ``expression`` when not None."""
+class CfaRule(Value):
+    """The canonical frame address: ``register + offset``, or ``expression`` when not None.
+
+    Immutable.  (Not a dataclass: see :mod:`redhand._value` for why.)
+    """
+
+    __slots__ = ("_expression", "_offset", "_register")
+    _fields = ("register", "offset", "expression")
 
     register: int
     offset: int
-    expression: bytes | None = None
+    expression: bytes | None
+
+    def __init__(self, register: int, offset: int, expression: bytes | None = None) -> None:
+        self._register = register
+        self._offset = offset
+        self._expression = expression
 
     def __str__(self) -> str:
         if self.expression is not None:
@@ -148,21 +170,49 @@ class CfaRule:
         return f"r{self.register}{self.offset:+d}"
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(Value):
     """The unwind rules for the link-time addresses ``start <= pc < end`` of one FDE.
 
     ``registers`` holds only the registers the CFI mentions; a register
     missing from it has no rule (callee-saved registers then keep their
     value, by the convention every x86_64 unwinder follows).  Treat it as
-    read-only: rows are cached and shared.
+    read-only: rows are cached and shared.  Immutable otherwise.  (Not a
+    dataclass: see :mod:`redhand._value` for why.)
     """
+
+    __slots__ = (
+        "_args_size",
+        "_cfa",
+        "_end",
+        "_registers",
+        "_start",
+    )
+    _fields = ("start", "end", "cfa", "registers", "args_size")
 
     start: int
     end: int
     cfa: CfaRule
     registers: Mapping[int, Rule]
-    args_size: int = 0
+    args_size: int
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        cfa: CfaRule,
+        registers: Mapping[int, Rule],
+        args_size: int = 0,
+    ) -> None:
+        self._start = start
+        self._end = end
+        self._cfa = cfa
+        self._registers = registers
+        self._args_size = args_size
+
+    def __hash__(self) -> int:
+        # The registers are a dict (unhashable); as a frozen dataclass did, hash
+        # would fail on them: hash what identifies the row instead.
+        return hash((self.start, self.end, self.cfa, self.args_size))
 
     def rule(self, register: int) -> Rule | None:
         return self.registers.get(register)
@@ -898,11 +948,16 @@ class CfiTable:
         eh_frame: _FrameSection | None = None,
         search_table: _SearchTable | None = None,
         debug_frames: Sequence[_FrameSection] = (),
+        more_debug_frames: Callable[[], Sequence[_FrameSection]] | None = None,
     ) -> None:
         self.name = name
         self._eh_frame = eh_frame
         self._search_table = search_table
         self._debug_frames = list(debug_frames)
+        # Sections of separate debug files, found only when .eh_frame and the
+        # file's own .debug_frame have no answer: opening a debug file and
+        # reading its section headers is work most stacks never need.
+        self._more_debug_frames = more_debug_frames
         self._finds: dict[int, Fde | None] = {}
         self._rows: dict[int, tuple[Fde, Row] | CfiError | None] = {}
 
@@ -912,6 +967,8 @@ class CfiTable:
             how = "hdr" if self._search_table is not None else "linear"
             parts.append(f".eh_frame ({how})")
         parts.extend(section.name for section in self._debug_frames)
+        if self._more_debug_frames is not None:
+            parts.append("debug files not read yet")
         return f"<CfiTable {self.name}: {', '.join(parts) or 'empty'}>"
 
     @property
@@ -972,7 +1029,7 @@ class CfiTable:
     def from_elf(
         cls,
         elf: ElfFile,
-        extra: Sequence[ElfFile] = (),
+        extra: Sequence[ElfFile] | Callable[[], Sequence[ElfFile]] = (),
         *,
         use_eh_frame_hdr: bool = True,
     ) -> CfiTable | None:
@@ -980,7 +1037,10 @@ class CfiTable:
 
         Returns None when there is none at all.  Reads only headers and
         .eh_frame_hdr up front; .eh_frame and .debug_frame are read on first use.
-        ``use_eh_frame_hdr`` False forces the linear index (for tests).
+        ``extra`` may be a function that gives the debug files: it is called
+        only when a lookup finds nothing in ``elf`` itself (or right away, when
+        ``elf`` has no CFI of its own).  ``use_eh_frame_hdr`` False forces the
+        linear index (for tests).
         """
         name = _elf_name(elf)
         try:
@@ -994,7 +1054,11 @@ class CfiTable:
 
     @classmethod
     def _from_elf(
-        cls, elf: ElfFile, extra: Sequence[ElfFile], name: str, use_hdr: bool
+        cls,
+        elf: ElfFile,
+        extra: Sequence[ElfFile] | Callable[[], Sequence[ElfFile]],
+        name: str,
+        use_hdr: bool,
     ) -> CfiTable | None:
         def read_pointer(address: int) -> int:
             try:
@@ -1045,16 +1109,38 @@ class CfiTable:
         if eh_section is None or not use_hdr:
             table = None
 
-        debug_frames: list[_FrameSection] = []
-        for source in (elf, *extra):
-            section = source.get_section_by_name(".debug_frame")
-            if section is None or section.sh_type == SHT_NOBITS or not section.sh_size:
-                continue
-            label = ".debug_frame" if source is elf else f".debug_frame of {_elf_name(source)}"
-            debug_frames.append(_FrameSection(label, section.data, 0, is_eh=False, bases=bases))
+        def debug_frames_of(sources: Sequence[ElfFile]) -> list[_FrameSection]:
+            found = []
+            for source in sources:
+                section = source.get_section_by_name(".debug_frame")
+                if section is None or section.sh_type == SHT_NOBITS or not section.sh_size:
+                    continue
+                label = ".debug_frame" if source is elf else f".debug_frame of {_elf_name(source)}"
+                found.append(_FrameSection(label, section.data, 0, is_eh=False, bases=bases))
+            return found
+
+        debug_frames = debug_frames_of([elf])
+        more: Callable[[], Sequence[_FrameSection]] | None = None
+        if callable(extra):
+            if eh_section is None and not debug_frames:
+                debug_frames += debug_frames_of(extra())
+            else:
+                get_extra = extra
+
+                def more() -> Sequence[_FrameSection]:
+                    return debug_frames_of(get_extra())
+
+        else:
+            debug_frames += debug_frames_of(extra)
         if eh_section is None and not debug_frames:
             return None
-        return cls(name, eh_frame=eh_section, search_table=table, debug_frames=debug_frames)
+        return cls(
+            name,
+            eh_frame=eh_section,
+            search_table=table,
+            debug_frames=debug_frames,
+            more_debug_frames=more,
+        )
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -1087,7 +1173,7 @@ class CfiTable:
                     fde = eh.find_linear(vaddr)
                 if fde is not None:
                     return fde
-            for section in self._debug_frames:
+            for section in self._debug_sections():
                 fde = section.find_linear(vaddr)
                 if fde is not None:
                     return fde
@@ -1127,8 +1213,23 @@ class CfiTable:
     def iter_fdes(self) -> Iterator[Fde]:
         """Every FDE of .eh_frame, then of each .debug_frame, in section order."""
         sections = [self._eh_frame] if self._eh_frame is not None else []
-        for section in [*sections, *self._debug_frames]:
+        for section in [*sections, *self._debug_sections()]:
             yield from section.iter_fdes()
+
+    def _debug_sections(self) -> list[_FrameSection]:
+        """The .debug_frame sections, those of separate debug files read on first use."""
+        more = self._more_debug_frames
+        if more is not None:
+            self._more_debug_frames = None
+            try:
+                self._debug_frames += more()
+            except CfiError:
+                raise
+            except RedhandError as error:
+                raise CfiError(f"{self.name}: a debug file's CFI cannot be read: {error}") from None
+            except (ValueError, IndexError, struct.error) as error:
+                raise CfiError(f"{self.name}: unreadable call-frame information: {error}") from None
+        return self._debug_frames
 
 
 def _elf_name(elf: ElfFile) -> str:

@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
+from redhand._value import Value
 from redhand.errors import MemoryReadError, RedhandError
 from redhand.target.memory import Memory
 from redhand.target.model import DWARF_FP, DWARF_RA, DWARF_SP, EndReason, Registers, Trust
 from redhand.unwind._reader import MASK64, CfiError
 from redhand.unwind.callsite import follows_call
 from redhand.unwind.cfi import CfiTable, Fde, Row, RuleKind
-from redhand.unwind.expr import ExpressionError, evaluate
+
+# Protocols are for the type checker only (see redhand.target.memory).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:
+    Protocol = object
 
 __all__ = [
     "DEFAULT_STRATEGIES",
@@ -60,8 +65,7 @@ _TWO_WORDS = struct.Struct("<QQ")
 _WORD = struct.Struct("<Q")
 
 
-@dataclass(frozen=True, slots=True)
-class RawFrame:
+class RawFrame(Value):
     """One unwound frame, before symbolization.
 
     ``signal_frame`` is True when ``pc`` is exact (frame 0, or a frame a
@@ -70,14 +74,42 @@ class RawFrame:
     its pc is exact too, though nothing interrupted it.  Otherwise pc is a
     return address: symbolize pc - 1 (:attr:`lookup_pc` says which).  ``cfa``
     is this frame's canonical frame address when CFI computed it, else None.
+
+    Immutable.  (Not a dataclass: see :mod:`redhand._value` for why.)
     """
+
+    __slots__ = (
+        "_cfa",
+        "_pc",
+        "_signal_frame",
+        "_sp",
+        "_trampoline",
+        "_trust",
+    )
+    _fields = ("pc", "sp", "trust", "signal_frame", "cfa", "trampoline")
 
     pc: int
     sp: int
     trust: Trust
     signal_frame: bool
-    cfa: int | None = None
-    trampoline: bool = False
+    cfa: int | None
+    trampoline: bool
+
+    def __init__(
+        self,
+        pc: int,
+        sp: int,
+        trust: Trust,
+        signal_frame: bool,
+        cfa: int | None = None,
+        trampoline: bool = False,
+    ) -> None:
+        self._pc = pc
+        self._sp = sp
+        self._trust = trust
+        self._signal_frame = signal_frame
+        self._cfa = cfa
+        self._trampoline = trampoline
 
     @property
     def lookup_pc(self) -> int:
@@ -98,35 +130,62 @@ class UnwindModule(Protocol):
         ...
 
 
-@dataclass(slots=True)
 class FrameState:
-    """A frame while unwinding: its pc and its registers by DWARF number (None: unknown)."""
+    """A frame while unwinding: its pc and its registers by DWARF number (None: unknown).
 
-    pc: int
-    regs: list[int | None]
-    trust: Trust
-    signal_frame: bool
-    callee_cfa: int | None = None
-    """The CFA of the frame this one was unwound from (known only through CFI)."""
-    from_trampoline: bool = False
-    """The frame this one was unwound from is a signal trampoline."""
+    ``callee_cfa`` is the CFA of the frame this one was unwound from (known
+    only through CFI); ``from_trampoline`` says that frame is a signal
+    trampoline.  (A plain class, not a dataclass: see :mod:`redhand._value`.)
+    """
+
+    __slots__ = ("callee_cfa", "from_trampoline", "pc", "regs", "signal_frame", "trust")
+
+    def __init__(
+        self,
+        pc: int,
+        regs: list[int | None],
+        trust: Trust,
+        signal_frame: bool,
+        callee_cfa: int | None = None,
+        from_trampoline: bool = False,
+    ) -> None:
+        self.pc = pc
+        self.regs = regs
+        self.trust = trust
+        self.signal_frame = signal_frame
+        self.callee_cfa = callee_cfa
+        self.from_trampoline = from_trampoline
+
+    def __repr__(self) -> str:
+        return (
+            f"FrameState(pc={self.pc:#x}, trust={self.trust!s}, signal_frame={self.signal_frame},"
+            f" callee_cfa={self.callee_cfa}, from_trampoline={self.from_trampoline})"
+        )
 
     @property
     def sp(self) -> int | None:
         return self.regs[DWARF_SP]
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
+class Stop(Value):
     """A strategy's verdict that gives no caller.
 
     ``final`` True ends the trace with ``reason``; False only says this
     strategy does not apply (and why), and the next one is tried.
+    Immutable.  (Not a dataclass: see :mod:`redhand._value` for why.)
     """
+
+    __slots__ = ("_detail", "_final", "_reason")
+    _fields = ("reason", "detail", "final")
 
     reason: EndReason
     detail: str
-    final: bool = True
+    final: bool
+
+    def __init__(self, reason: EndReason, detail: str, final: bool = True) -> None:
+        self._reason = reason
+        self._detail = detail
+        self._final = final
 
 
 NOT_APPLICABLE = Stop(EndReason.NO_UNWIND_INFO, "", final=False)
@@ -148,29 +207,21 @@ class CfiStrategy:
 
     def step(self, unwinder: Unwinder, frame: FrameState) -> FrameState | Stop:
         pc = frame.pc
-        lookup = pc if frame.signal_frame else pc - 1
-        module = unwinder.module_for(lookup)
-        if module is None:
-            return Stop(EndReason.NO_UNWIND_INFO, f"no module contains {pc:#x}", final=False)
-        try:
-            table = unwinder.table_of(module)
-            found = table.row_for(lookup - module.bias) if table is not None else None
-        except CfiError as error:
-            return Stop(EndReason.NO_UNWIND_INFO, f"bad CFI at {pc:#x}: {error}", final=False)
+        # What applies at a pc is the same for every thread that stops there
+        # (a thousand threads waiting in one place): found once per pc.
+        key = (pc, frame.signal_frame)
+        found = unwinder._cfi_rows.get(key)
         if found is None:
-            return Stop(EndReason.NO_UNWIND_INFO, f"no CFI covers {pc:#x}", final=False)
-        fde, row = found
-        if (
-            not fde.signal_frame
-            and not frame.signal_frame
-            and fde.pc_end == pc - module.bias
-            and unwinder.is_sigreturn(pc)
-        ):
-            # The return address is a sigreturn trampoline without CFI, right
-            # after the function whose FDE covers pc - 1.
-            return Stop(EndReason.NO_UNWIND_INFO, f"{pc:#x} is a trampoline", final=False)
+            found = unwinder._cfi_rows[key] = self._find(unwinder, frame)
+        if isinstance(found, Stop):
+            return found
+        fde, row, bias, plan = found
         try:
-            return _apply_row(unwinder, frame, fde, row, module.bias)
+            if plan is not None:
+                caller = _apply_plan(unwinder, frame, plan)
+                if caller is not None:
+                    return caller
+            return _apply_row(unwinder, frame, fde, row, bias)
         except MemoryReadError as error:
             return Stop(
                 EndReason.UNREADABLE_MEMORY,
@@ -179,18 +230,138 @@ class CfiStrategy:
         except CfiError as error:
             return Stop(EndReason.NO_UNWIND_INFO, f"bad CFI at {pc:#x}: {error}", final=False)
 
+    def _find(self, unwinder: Unwinder, frame: FrameState) -> _CfiAnswer | Stop:
+        """The FDE, row, load bias and plan for the frame's pc, or why CFI does not apply."""
+        pc = frame.pc
+        lookup = pc if frame.signal_frame else pc - 1
+        module = unwinder.module_for(lookup)
+        if module is None:
+            return Stop(EndReason.NO_UNWIND_INFO, f"no module contains {pc:#x}", final=False)
+        bias = module.bias
+        try:
+            table = unwinder.table_of(module)
+            found = table.row_for(lookup - bias) if table is not None else None
+        except CfiError as error:
+            return Stop(EndReason.NO_UNWIND_INFO, f"bad CFI at {pc:#x}: {error}", final=False)
+        if found is None:
+            return Stop(EndReason.NO_UNWIND_INFO, f"no CFI covers {pc:#x}", final=False)
+        fde, row = found
+        if (
+            not fde.signal_frame
+            and not frame.signal_frame
+            and fde.pc_end == pc - bias
+            and unwinder.is_sigreturn(pc)
+        ):
+            # The return address is a sigreturn trampoline without CFI, right
+            # after the function whose FDE covers pc - 1.
+            return Stop(EndReason.NO_UNWIND_INFO, f"{pc:#x} is a trampoline", final=False)
+        return fde, row, bias, _plan(fde, row)
 
-def _apply_row(
-    unwinder: Unwinder, frame: FrameState, fde: Fde, row: Row, bias: int
-) -> FrameState | Stop:
+
+# A row in the form the common case needs (see _plan): CFA register, CFA
+# offset, the saved registers as (DWARF number, offset into the bytes read),
+# where those bytes start relative to the CFA and how many, the return
+# address column, and whether the FDE is a signal frame.
+_Plan = tuple[int, int, tuple[tuple[int, int], ...], int, int, int, bool]
+_CfiAnswer = tuple[Fde, Row, int, "_Plan | None"]
+_MAX_PLAN_SPAN = 256
+
+
+def _plan(fde: Fde, row: Row) -> _Plan | None:
+    """The row as a plan for :func:`_apply_plan`, or None when it needs :func:`_apply_row`.
+
+    Nearly every row says: the CFA is a register plus an offset, and the
+    return address and some callee-saved registers are saved at offsets from
+    it.  Such a row is applied with one memory read for all the saved values.
+    """
+    cfa = row.cfa
+    ra_column = fde.cie.ra_register
+    if cfa.expression is not None or not 0 <= cfa.register < NUM_REGS or ra_column >= NUM_REGS:
+        return None
+    saves: list[tuple[int, int]] = []
+    for number, rule in row.registers.items():
+        if number >= NUM_REGS:
+            if number == ra_column:
+                return None
+            continue
+        if rule.kind is _OFFSET:
+            saves.append((number, rule.value))
+        elif rule.kind is not _SAME_VALUE or number == ra_column:
+            return None
+    if ra_column not in row.registers or not saves:
+        return None
+    low = min(value for _, value in saves)
+    span = max(value for _, value in saves) + 8 - low
+    if span > _MAX_PLAN_SPAN:
+        return None
+    at = tuple((number, value - low) for number, value in saves)
+    return cfa.register, cfa.offset, at, low, span, ra_column, fde.signal_frame
+
+
+def _apply_plan(unwinder: Unwinder, frame: FrameState, plan: _Plan) -> FrameState | None:
+    """The caller by a plan; None when the plan cannot say (then _apply_row explains why)."""
+    register, offset, saves, low, span, ra_column, signal = plan
     regs = frame.regs
-    memory = unwinder.memory
+    base = regs[register]
+    if base is None:
+        return None
+    cfa = (base + offset) & MASK64
+    try:
+        data = unwinder.memory.read((cfa + low) & MASK64, span)
+    except MemoryReadError:
+        return None
+    caller = regs.copy()
+    caller[DWARF_SP] = cfa
+    from_bytes = int.from_bytes
+    for number, at in saves:
+        caller[number] = from_bytes(data[at : at + 8], "little")
+    ra = caller[ra_column]
+    assert ra is not None  # _plan makes sure the return address is one of the saves
+    caller[DWARF_RA] = ra
+    return FrameState(ra, caller, Trust.CONTEXT if signal else Trust.CFI, signal, cfa, signal)
+
+
+_OFFSET = RuleKind.OFFSET
+_UNDEFINED = RuleKind.UNDEFINED
+_SAME_VALUE = RuleKind.SAME_VALUE
+_VAL_OFFSET = RuleKind.VAL_OFFSET
+_REGISTER = RuleKind.REGISTER
+_EXPRESSION = RuleKind.EXPRESSION
+
+
+def _evaluate(
+    expression: bytes,
+    register: Callable[[int], int],
+    memory: Memory,
+    *,
+    initial: Sequence[int] = (),
+    bias: int = 0,
+) -> int:
+    """:func:`redhand.unwind.expr.evaluate`, imported on first use (few CFI rules need it)."""
+    from redhand.unwind.expr import evaluate
+
+    return evaluate(expression, register, memory, initial=initial, bias=bias)
+
+
+def _register_reader(regs: list[int | None]) -> Callable[[int], int]:
+    """What an expression uses to read the frame's registers (ExpressionError if unknown)."""
+
+    from redhand.unwind.expr import ExpressionError
 
     def register(number: int) -> int:
         value = regs[number] if 0 <= number < NUM_REGS else None
         if value is None:
             raise ExpressionError(f"the expression needs register {number}, which is unknown")
         return value
+
+    return register
+
+
+def _apply_row(
+    unwinder: Unwinder, frame: FrameState, fde: Fde, row: Row, bias: int
+) -> FrameState | Stop:
+    regs = frame.regs
+    memory = unwinder.memory
 
     cfa_rule = row.cfa
     if cfa_rule.expression is None:
@@ -199,37 +370,42 @@ def _apply_row(
             raise CfiError(f"the CFA is based on register {cfa_rule.register}, which is unknown")
         cfa = (base + cfa_rule.offset) & MASK64
     else:
-        cfa = evaluate(cfa_rule.expression, register, memory, bias=bias)
+        cfa = _evaluate(cfa_rule.expression, _register_reader(regs), memory, bias=bias)
 
-    caller = list(regs)
+    caller = regs.copy()
     caller[DWARF_SP] = cfa
     ra_column = fde.cie.ra_register
     ra_rule = None
+    read = memory.read
     for number, rule in row.registers.items():
         if number == ra_column:
             ra_rule = rule
         if number >= NUM_REGS:
             continue
         kind = rule.kind
-        if kind is RuleKind.OFFSET:
-            caller[number] = int.from_bytes(memory.read((cfa + rule.value) & MASK64, 8), "little")
-        elif kind is RuleKind.UNDEFINED:
+        if kind is _OFFSET:
+            caller[number] = int.from_bytes(read((cfa + rule.value) & MASK64, 8), "little")
+        elif kind is _UNDEFINED:
             caller[number] = None
-        elif kind is RuleKind.SAME_VALUE:
+        elif kind is _SAME_VALUE:
             pass
-        elif kind is RuleKind.VAL_OFFSET:
+        elif kind is _VAL_OFFSET:
             caller[number] = (cfa + rule.value) & MASK64
-        elif kind is RuleKind.REGISTER:
+        elif kind is _REGISTER:
             caller[number] = regs[rule.value] if rule.value < NUM_REGS else None
-        elif kind is RuleKind.EXPRESSION:
-            address = evaluate(rule.expression, register, memory, initial=(cfa,), bias=bias)
-            caller[number] = int.from_bytes(memory.read(address, 8), "little")
+        elif kind is _EXPRESSION:
+            address = _evaluate(
+                rule.expression, _register_reader(regs), memory, initial=(cfa,), bias=bias
+            )
+            caller[number] = int.from_bytes(read(address, 8), "little")
         else:  # VAL_EXPRESSION
-            caller[number] = evaluate(rule.expression, register, memory, initial=(cfa,), bias=bias)
+            caller[number] = _evaluate(
+                rule.expression, _register_reader(regs), memory, initial=(cfa,), bias=bias
+            )
 
     if ra_rule is None:
         raise CfiError(f"no rule for the return address at {frame.pc:#x}")
-    if ra_rule.kind is RuleKind.UNDEFINED:
+    if ra_rule.kind is _UNDEFINED:
         return Stop(EndReason.OUTERMOST, "the CFI marks this frame as the outermost")
     ra = caller[ra_column] if ra_column < NUM_REGS else None
     if ra is None:
@@ -237,12 +413,12 @@ def _apply_row(
     caller[DWARF_RA] = ra
     signal = fde.signal_frame
     return FrameState(
-        pc=ra,
-        regs=caller,
-        trust=Trust.CONTEXT if signal else Trust.CFI,
-        signal_frame=signal,
-        callee_cfa=cfa,
-        from_trampoline=signal,
+        ra,
+        caller,
+        Trust.CONTEXT if signal else Trust.CFI,
+        signal,
+        cfa,
+        signal,
     )
 
 
@@ -453,6 +629,7 @@ class Unwinder:
         self._sigreturn: dict[int, bool] = {}
         self._calls: dict[int, bool | None] = {}
         self._tables: dict[int, tuple[UnwindModule, CfiTable | None]] = {}
+        self._cfi_rows: dict[tuple[int, bool], _CfiAnswer | Stop] = {}
 
     # -- services for strategies ------------------------------------------------
 
