@@ -60,10 +60,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 
 from redhand.errors import PermissionDenied, ProcessExited, ProcessNotFound
 from redhand.proc import procfs
+from redhand.proc._record import Record
 from redhand.proc.checks import (
     already_traced_error,
     check_process,
@@ -122,48 +122,79 @@ _DEFERRED_SIGNALS = frozenset(
 _POLL_SLEEP = Timespec(0, _POLL_SLEEP_NS)
 
 
-@dataclass(slots=True)
-class ThreadSnapshot:
+class ThreadSnapshot(Record):
     """One thread as the freeze found it.
 
     ``registers`` and ``stack`` are None when they could not be copied, and
     ``error`` then says why (the thread exited during the capture, it did not
     stop in time, its stack pointer lies in no mapping).  ``stack`` may also
     be None with no error when ``stack_bytes`` was 0.
+
+    ``state`` is the /proc state letter before the freeze (R, S, D, T, ...);
+    for a thread that appeared during the capture, "?".  ``stack`` is
+    (start address, bytes): from sp-128 (the red zone) up to the end of the
+    mapping that holds sp, at most ``stack_bytes`` long.  ``signal`` is a
+    signal that arrived while the thread was being stopped (0: none); it was
+    handed back to the thread at detach and is delivered afterwards.
     """
 
-    tid: int
-    name: str
-    state: str
-    """The /proc state letter before the freeze (R, S, D, T, ...); for a thread
-    that appeared during the capture, the state just after it ("?" if gone)."""
-    registers: Registers | None
-    stack: tuple[int, bytes] | None
-    """(start address, bytes): from sp-128 (the red zone) up to the end of the
-    mapping that holds sp, at most ``stack_bytes`` long."""
-    error: str | None = None
-    signal: int = 0
-    """A signal that arrived while the thread was being stopped (0: none); it
-    was handed back to the thread at detach and is delivered afterwards."""
+    __slots__ = ("error", "name", "registers", "signal", "stack", "state", "tid")
+
+    def __init__(
+        self,
+        tid: int,
+        name: str,
+        state: str,
+        registers: Registers | None,
+        stack: tuple[int, bytes] | None,
+        error: str | None = None,
+        signal: int = 0,
+    ) -> None:
+        self.tid = tid
+        self.name = name
+        self.state = state
+        self.registers = registers
+        self.stack = stack
+        self.error = error
+        self.signal = signal
 
 
-@dataclass(slots=True)
-class Snapshot:
-    """What one freeze copied from a live process."""
+class Snapshot(Record):
+    """What one freeze copied from a live process.
 
-    pid: int
-    threads: list[ThreadSnapshot]
-    """The main thread first, then by tid."""
-    mappings: list[Mapping]
-    exe: str | None
-    cmdline: list[str]
-    frozen_ns: int
-    """How long threads were kept from running: the first PTRACE_INTERRUPT to the last detach."""
-    timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per phase: before the freeze check, threads, maps, buffer; the
-    frozen ones seize, interrupt, wait, rescan, registers, stacks (and
-    maps_reread when a stack was in a new mapping), detach; after it,
-    snapshot; and total.  Seize runs before the first stop."""
+    ``threads``: the main thread first, then by tid.  ``frozen_ns``: how long
+    threads were kept from running, from the first PTRACE_INTERRUPT to the
+    last detach.  ``timings``: seconds per phase: before the freeze check,
+    threads, maps, buffer; the frozen ones seize, interrupt, wait, rescan,
+    registers, stacks (and maps_reread when a stack was in a new mapping),
+    detach; after it, snapshot; and total.  Seize runs before the first stop.
+    """
+
+    __slots__ = ("cmdline", "exe", "frozen_ns", "mappings", "pid", "threads", "timings")
+
+    def __init__(
+        self,
+        pid: int,
+        threads: list[ThreadSnapshot],
+        mappings: list[Mapping],
+        exe: str | None,
+        cmdline: list[str],
+        frozen_ns: int,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        self.pid = pid
+        self.threads = threads
+        self.mappings = mappings
+        self.exe = exe
+        self.cmdline = cmdline
+        self.frozen_ns = frozen_ns
+        self.timings: dict[str, float] = {} if timings is None else timings
+
+    def replace_threads(self, threads: list[ThreadSnapshot]) -> Snapshot:
+        """A copy with other threads (the rest shared)."""
+        return Snapshot(
+            self.pid, threads, self.mappings, self.exe, self.cmdline, self.frozen_ns, self.timings
+        )
 
     def thread(self, tid: int) -> ThreadSnapshot:
         for thread in self.threads:

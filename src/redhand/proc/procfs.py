@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 
 from redhand.errors import PermissionDenied, ProcessNotFound
+from redhand.proc._record import Record
 from redhand.target.model import Mapping
 
 PF_EXITING = 0x00000004  # task->flags (include/linux/sched.h): the thread is exiting
@@ -121,19 +121,26 @@ def list_tids(pid: int) -> list[int]:
     return sorted(int(name) for name in names if name.isdigit())
 
 
-@dataclass(frozen=True, slots=True)
-class ProcStat:
-    """The fields of /proc/PID/stat (or /proc/PID/task/TID/stat) redhand uses."""
+class ProcStat(Record):
+    """The fields of /proc/PID/stat (or /proc/PID/task/TID/stat) redhand uses.
 
-    pid: int
-    comm: str
-    state: str
-    """R running, S sleeping, D uninterruptible, Z zombie, T stopped, t traced, X dead, I idle."""
-    ppid: int
-    flags: int
-    """task->flags (PF_*); PF_KTHREAD marks a kernel thread."""
-    num_threads: int
-    """Threads of the process, counting exited ones not yet reaped."""
+    ``state``: R running, S sleeping, D uninterruptible, Z zombie, T stopped,
+    t traced, X dead, I idle.  ``flags``: task->flags (PF_*); PF_KTHREAD marks
+    a kernel thread.  ``num_threads``: threads of the process, counting exited
+    ones not yet reaped.
+    """
+
+    __slots__ = ("comm", "flags", "num_threads", "pid", "ppid", "state")
+
+    def __init__(
+        self, pid: int, comm: str, state: str, ppid: int, flags: int, num_threads: int
+    ) -> None:
+        self.pid = pid
+        self.comm = comm
+        self.state = state
+        self.ppid = ppid
+        self.flags = flags
+        self.num_threads = num_threads
 
     @property
     def is_kernel_thread(self) -> bool:

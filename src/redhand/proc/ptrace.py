@@ -20,9 +20,7 @@ import ctypes
 import errno as _errno
 import os
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from redhand.errors import (
     MemoryReadError,
@@ -31,6 +29,7 @@ from redhand.errors import (
     ProcessNotFound,
     RedhandError,
 )
+from redhand.proc._record import Record
 from redhand.target.model import USER_REGS_FIELDS, Registers
 
 # -- constants (<sys/ptrace.h>, <linux/ptrace.h>, <linux/elf.h>, <sys/wait.h>) --
@@ -112,10 +111,12 @@ class Timespec(ctypes.Structure):
     _fields_ = (("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long))
 
 
-def _bind(lib: ctypes.CDLL, name: str, restype: type, argtypes: Sequence[type]) -> Any:
-    func = getattr(lib, name)
-    func.restype = restype
-    func.argtypes = list(argtypes)
+def _bind(
+    lib: ctypes.CDLL, name: str, restype: type, argtypes: Sequence[type]
+) -> Callable[..., int]:
+    func: Callable[..., int] = getattr(lib, name)
+    func.restype = restype  # type: ignore[attr-defined]
+    func.argtypes = list(argtypes)  # type: ignore[attr-defined]
     return func
 
 
@@ -235,8 +236,7 @@ def get_registers(tid: int) -> Registers:
     return Registers.from_user_regs(list(words))
 
 
-@dataclass(frozen=True, slots=True)
-class SigInfo:
+class SigInfo(Record):
     """The common fields of a siginfo_t.
 
     ``addr`` is the fault address for SIGSEGV, SIGBUS, SIGILL, SIGFPE and
@@ -245,13 +245,18 @@ class SigInfo:
     ``raw`` holds all 128 bytes.
     """
 
-    signo: int
-    errno: int
-    code: int
-    addr: int
-    pid: int
-    uid: int
-    raw: bytes
+    __slots__ = ("addr", "code", "errno", "pid", "raw", "signo", "uid")
+
+    def __init__(
+        self, signo: int, errno: int, code: int, addr: int, pid: int, uid: int, raw: bytes
+    ) -> None:
+        self.signo = signo
+        self.errno = errno
+        self.code = code
+        self.addr = addr
+        self.pid = pid
+        self.uid = uid
+        self.raw = raw
 
 
 _SIGINFO_HEAD = struct.Struct("<iii4xQ")
@@ -273,8 +278,7 @@ def get_siginfo(tid: int) -> SigInfo:
     return parse_siginfo(buf.raw)
 
 
-@dataclass(frozen=True, slots=True)
-class SyscallInfo:
+class SyscallInfo(Record):
     """struct ptrace_syscall_info.
 
     ``op`` says which fields are meaningful: PTRACE_SYSCALL_INFO_ENTRY and
@@ -282,15 +286,39 @@ class SyscallInfo:
     PTRACE_SYSCALL_INFO_EXIT fills ``rval`` and ``is_error``.
     """
 
-    op: int
-    arch: int
-    instruction_pointer: int
-    stack_pointer: int
-    nr: int | None = None
-    args: tuple[int, ...] = ()
-    rval: int | None = None
-    is_error: bool | None = None
-    ret_data: int | None = None
+    __slots__ = (
+        "arch",
+        "args",
+        "instruction_pointer",
+        "is_error",
+        "nr",
+        "op",
+        "ret_data",
+        "rval",
+        "stack_pointer",
+    )
+
+    def __init__(
+        self,
+        op: int,
+        arch: int,
+        instruction_pointer: int,
+        stack_pointer: int,
+        nr: int | None = None,
+        args: tuple[int, ...] = (),
+        rval: int | None = None,
+        is_error: bool | None = None,
+        ret_data: int | None = None,
+    ) -> None:
+        self.op = op
+        self.arch = arch
+        self.instruction_pointer = instruction_pointer
+        self.stack_pointer = stack_pointer
+        self.nr = nr
+        self.args = args
+        self.rval = rval
+        self.is_error = is_error
+        self.ret_data = ret_data
 
 
 _SYSCALL_INFO_HEAD = struct.Struct("<B3xIQQ")
