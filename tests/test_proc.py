@@ -589,7 +589,9 @@ def test_process_exits_during_capture(
 
     def kill_first(*args: object) -> None:
         os.kill(target.pid, signal.SIGKILL)
-        wait_until(lambda: procfs.read_stat(target.pid).state in ("Z", "X"), "the target to die")
+        # Every thread gone, not only the leader: a thread still exiting keeps
+        # the memory readable.
+        wait_until(lambda: not checks.has_live_thread(target.pid), "the target to die")
         real(*args)
 
     monkeypatch.setattr(owner, when, kill_first)

@@ -166,6 +166,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes of each thread's stack copied while the process is frozen (default 1 MiB)",
     )
     stack.set_defaults(run=run_stack)
+
+    core = commands.add_parser(
+        "core",
+        help="explain a crash from a core file, with every thread's backtrace",
+        description=(
+            "Read an ELF core file (plain, or compressed with zstd, gzip or xz) and explain the "
+            "crash: the signal in plain words, the crashing thread first, then the others, the "
+            "registers and the memory around the fault address."
+        ),
+        epilog=EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    core.add_argument("core", metavar="CORE")
+    core.add_argument(
+        "--exe",
+        metavar="EXE",
+        help="the executable that crashed (when it moved, or for a core from another machine)",
+    )
+    core.add_argument(
+        "--sysroot",
+        metavar="DIR",
+        help="find the executable and libraries under DIR (a core from another machine)",
+    )
+    core.add_argument(
+        "--debug-dir",
+        dest="debug_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="look for separate debug files here too (repeatable; /usr/lib/debug is searched)",
+    )
+    core.add_argument("--json", action="store_true", help="print the JSON document (version 1)")
+    core.add_argument(
+        "--no-group", action="store_true", help="show every thread, even with identical stacks"
+    )
+    core.add_argument(
+        "--max-frames",
+        type=_positive,
+        metavar="N",
+        help="show at most N frames per thread and say how many were left out",
+    )
+    core.set_defaults(run=run_core)
     return parser
 
 
@@ -191,6 +233,24 @@ def run_stack(args: argparse.Namespace) -> int:
             render_stack_json(report, sys.stdout)
         else:
             render_stack_text(report, sys.stdout)
+    sys.stdout.flush()
+    return 0
+
+
+def run_core(args: argparse.Namespace) -> int:
+    from redhand.report.core import build_core_report, render_core_json, render_core_text
+    from redhand.target.core import open_core
+    from redhand.target.live import DEFAULT_DEBUG_DIRS
+
+    debug_dirs = tuple(dict.fromkeys((*args.debug_dirs, *DEFAULT_DEBUG_DIRS)))
+    with open_core(args.core, exe=args.exe, sysroot=args.sysroot, debug_dirs=debug_dirs) as target:
+        report = build_core_report(
+            target, group=not args.no_group and not args.json, max_frames=args.max_frames
+        )
+        if args.json:
+            render_core_json(report, sys.stdout)
+        else:
+            render_core_text(report, sys.stdout)
     sys.stdout.flush()
     return 0
 

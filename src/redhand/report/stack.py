@@ -110,6 +110,9 @@ def _group_title(group: ThreadGroup, style: Style) -> str:
     if len(group.threads) == 1:
         thread = group.threads[0]
         title = f"thread {thread.tid} {quoted}"
+        if thread.crashed:
+            signal = thread.siginfo.name if thread.siginfo is not None else thread.signal
+            return style(f"{title} (crashed: {signal})", "bold", "red") + ":"
         if thread.state:
             title += f" ({thread.state})"
         return style(title, "bold") + ":"
@@ -162,6 +165,14 @@ def render_stack_text(report: StackReport, stream: TextIO, style: Style | None =
     write(style(header, "bold") + "\n")
     for warning in target.warnings:
         write(style(f"warning: {warning}", "red") + "\n")
+    render_groups(report, stream, style)
+    if report.show_timing:
+        write("\n" + format_timings(target) + "\n")
+
+
+def render_groups(report: StackReport, stream: TextIO, style: Style) -> None:
+    """Each group of threads: a title, its frames, and why its backtrace stops."""
+    write = stream.write
     for group in report.groups:
         write("\n" + _group_title(group, style) + "\n")
         backtrace = group.backtrace
@@ -178,8 +189,6 @@ def render_stack_text(report: StackReport, stream: TextIO, style: Style | None =
             if backtrace.end_detail:
                 reason += f" ({backtrace.end_detail})"
             write(style(f"    backtrace stops: {reason}", "magenta") + "\n")
-    if report.show_timing:
-        write("\n" + format_timings(target) + "\n")
 
 
 def format_timings(target: Target) -> str:
@@ -211,14 +220,7 @@ def thread_json(thread: Thread, backtrace: Backtrace, max_frames: int | None) ->
 
 def stack_json(report: StackReport) -> dict[str, object]:
     target = report.target
-    backtraces = {}
-    for group in report.groups:
-        for thread in group.threads:
-            backtraces[thread.tid] = (thread, group.backtrace)
-    threads = [
-        thread_json(thread, backtrace, report.max_frames)
-        for thread, backtrace in (backtraces[t.tid] for t in target.threads if t.tid in backtraces)
-    ]
+    threads = threads_json(report)
     groups = [group.tids for group in report.groups]
     return {
         "redhand": JSON_VERSION,
@@ -230,19 +232,37 @@ def stack_json(report: StackReport) -> dict[str, object]:
         "timings": {phase: round(seconds, 6) for phase, seconds in target.timings.items()},
         "threads": threads,
         "groups": groups,
-        "modules": [
-            {
-                "path": module.path,
-                "start": module.start,
-                "end": module.end,
-                "bias": module.bias if module._loaded else None,
-                "build_id": module.build_id if module._loaded else None,
-                "problem": module.problem,
-            }
-            for module in target.modules
-        ],
+        "modules": modules_json(target),
         "warnings": list(target.warnings),
     }
+
+
+def threads_json(report: StackReport) -> list[dict[str, object]]:
+    """Every reported thread, in the target's order, with its group's backtrace."""
+    backtraces = {}
+    for group in report.groups:
+        for thread in group.threads:
+            backtraces[thread.tid] = (thread, group.backtrace)
+    return [
+        thread_json(thread, backtrace, report.max_frames)
+        for thread, backtrace in (
+            backtraces[t.tid] for t in report.target.threads if t.tid in backtraces
+        )
+    ]
+
+
+def modules_json(target: Target) -> list[dict[str, object]]:
+    return [
+        {
+            "path": module.path,
+            "start": module.start,
+            "end": module.end,
+            "bias": module.bias if module._loaded else None,
+            "build_id": module.build_id if module._loaded else None,
+            "problem": module.problem,
+        }
+        for module in target.modules
+    ]
 
 
 def render_stack_json(report: StackReport, stream: TextIO) -> None:
