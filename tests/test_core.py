@@ -22,25 +22,27 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
-import resource
 import shutil
 import signal
 import struct
-import subprocess
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import zstandard
 from helpers import (
-    _GDB_PYTHON,
-    GdbThread,
+    CoreCrash as Crash,
+)
+from helpers import (
+    GdbCore,
     compare_backtrace,
     compile_c,
-    parse_gdb_backtraces,
+    crash_into_core,
+    gcore_of_live,
+    gdb_core_at_signal,
+    gdb_on_core,
     read_build_id,
 )
 
@@ -53,154 +55,6 @@ from redhand.target.signals import SignalInfo
 TIMEOUT = 60.0
 THREADS = 3
 FLAGS = ("-O1", "-g", "-pthread")
-
-# -- making cores --------------------------------------------------------------------
-
-
-def _unlimited_core() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-
-def core_pattern() -> str:
-    return Path("/proc/sys/kernel/core_pattern").read_text().strip()
-
-
-def kernel_writes_cores_here() -> bool:
-    """Whether the kernel writes cores as files in the crashing process's directory."""
-    pattern = core_pattern()
-    return bool(pattern) and not pattern.startswith("|") and "/" not in pattern
-
-
-@dataclass
-class Crash:
-    core: Path
-    exe: Path
-    argv: list[str]
-    by: str
-    """``kernel`` or ``gdb``: who wrote the core."""
-
-
-def crash_into_core(argv: list[str], workdir: Path) -> Crash:
-    """Run ``argv`` until it dies of a signal; its core, written in ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    if kernel_writes_cores_here():
-        before = set(workdir.iterdir())
-        result = subprocess.run(
-            argv,
-            cwd=workdir,
-            preexec_fn=_unlimited_core,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        assert result.returncode < 0, f"{argv} did not die of a signal: {result}"
-        prefix = core_pattern().split("%", 1)[0]
-        new = [p for p in set(workdir.iterdir()) - before if p.name.startswith(prefix)]
-        if len(new) == 1:
-            return Crash(new[0], Path(argv[0]), argv, "kernel")
-    return gdb_core_at_signal(argv, workdir)
-
-
-def gdb_core_at_signal(argv: list[str], workdir: Path) -> Crash:
-    """Run ``argv`` under gdb and write the core with gcore when the fatal signal arrives."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    core = workdir / "core.gdb"
-    result = subprocess.run(
-        ["gdb", "-batch", "-nx", "-ex", "run", "-ex", f"gcore {core}", "--args", *argv],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    assert core.exists(), f"gdb wrote no core:\n{result.stdout}\n{result.stderr}"
-    return Crash(core, Path(argv[0]), argv, "gdb")
-
-
-def gcore_of_live(argv: list[str], workdir: Path, threads: int) -> tuple[Path, list[int], int]:
-    """Start ``argv`` (core_crash.c's protocol), write a core with gdb's gcore, kill it.
-
-    Returns the core, the worker tids the program reported and its pid.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    core = workdir / "core.gcore"
-    process = subprocess.Popen(
-        argv, cwd=workdir, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
-    )
-    timer = threading.Timer(TIMEOUT, process.kill)  # bounds the wait for "ready"
-    timer.start()
-    try:
-        assert process.stdout is not None
-        tids = []
-        for line in process.stdout:
-            if line.startswith("thread "):
-                tids.append(int(line.split()[1]))
-            if line.strip() == "ready":
-                break
-        assert len(tids) == threads, f"the program reported {tids}"
-        subprocess.run(
-            ["gdb", "-batch", "-nx", "-p", str(process.pid), "-ex", f"gcore {core}"],
-            capture_output=True,
-            timeout=TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=True,
-        )
-        return core, tids, process.pid
-    finally:
-        timer.cancel()
-        process.kill()
-        process.wait(timeout=TIMEOUT)
-
-
-@dataclass
-class GdbCore:
-    threads: dict[int, GdbThread]
-    text: str
-    siginfo: dict[str, int]
-
-
-_SIGINFO_PYTHON = """
-try:
-    next(t for t in gdb.selected_inferior().threads() if t.num == 1).switch()
-    si = gdb.parse_and_eval('$_siginfo')
-    print('RH-SIGINFO', int(si['si_signo']), int(si['si_code']),
-          int(si['_sifields']['_sigfault']['si_addr']))
-except gdb.error:
-    pass
-"""
-
-
-def gdb_on_core(exe: Path, core: Path) -> GdbCore:
-    """gdb's ``thread apply all bt`` of a core (with frame kinds) and its ``$_siginfo``."""
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as script:
-        script.write(_GDB_PYTHON + _SIGINFO_PYTHON)
-    try:
-        argv = [
-            "gdb", "-batch", "-nx",
-            "-ex", "set pagination off",
-            "-ex", "set width 0",
-            "-ex", "set print frame-arguments none",
-            "-ex", "set print frame-info location-and-address",
-            "-ex", "set backtrace past-main on",
-            "-ex", "thread apply all bt",
-            "-x", script.name,
-            str(exe), str(core),
-        ]  # fmt: skip
-        result = subprocess.run(
-            argv, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL
-        )
-    finally:
-        os.unlink(script.name)
-    siginfo: dict[str, int] = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("RH-SIGINFO "):
-            signo, code, address = (int(x) for x in line.split()[1:])
-            siginfo = {"signo": signo, "code": code, "address": address & (2**64 - 1)}
-    threads = parse_gdb_backtraces(result.stdout)
-    assert threads, f"gdb printed no threads:\n{result.stdout}\n{result.stderr}"
-    return GdbCore(threads, result.stdout, siginfo)
-
 
 # -- fixtures --------------------------------------------------------------------------
 

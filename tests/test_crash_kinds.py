@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import signal
 import subprocess
 from collections.abc import Callable, Sequence
@@ -28,8 +27,10 @@ from helpers import (
     SYS_PAUSE,
     SYS_RT_SIGSUSPEND,
     compile_c,
+    kernel_writes_cores_here,
     rustc,
     thread_syscall,
+    unlimited_core,
     wait_until,
 )
 
@@ -171,16 +172,6 @@ or when it is not known in advance (the stack overflows: checked against gdb ins
 # -- making cores ------------------------------------------------------------------------
 
 
-def _allow_cores() -> None:
-    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
-
-def _kernel_writes_here() -> bool:
-    """Whether the kernel writes cores into the crashing process's working directory."""
-    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
-    return not pattern.startswith("|") and "/" not in pattern
-
-
 def _find_core(folder: Path) -> Path:
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
     prefix = pattern.split("%", 1)[0] or "core"
@@ -207,7 +198,7 @@ def crash_program(
     while_running: Callable[[subprocess.Popen[str]], None] | None = None,
 ) -> tuple[Path, str]:
     """Run ``exe`` in ``folder`` until it dies of a signal; return (core, its stdout)."""
-    if not _kernel_writes_here():
+    if not kernel_writes_cores_here():
         assert while_running is None, "a core from gdb needs no outside signal"
         core = folder / "core.gdb"
         result = subprocess.run(
@@ -220,7 +211,7 @@ def crash_program(
     process = subprocess.Popen(
         [str(exe), *args],
         cwd=folder,
-        preexec_fn=_allow_cores,
+        preexec_fn=unlimited_core,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -300,7 +291,7 @@ def test_crash_kind(case: Case, build_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(
-    not _kernel_writes_here(),
+    not kernel_writes_cores_here(),
     reason="core_pattern is a pipe or a path elsewhere: a core at a signal sent from outside "
     "needs the kernel's own core in the working directory",
 )

@@ -240,10 +240,21 @@ def run_stack(args: argparse.Namespace) -> int:
 def run_core(args: argparse.Namespace) -> int:
     from redhand.report.core import build_core_report, render_core_json, render_core_text
     from redhand.target.core import open_core
+    from redhand.target.decompress import terminal_progress
     from redhand.target.live import DEFAULT_DEBUG_DIRS
 
     debug_dirs = tuple(dict.fromkeys((*args.debug_dirs, *DEFAULT_DEBUG_DIRS)))
-    with open_core(args.core, exe=args.exe, sysroot=args.sysroot, debug_dirs=debug_dirs) as target:
+    on_terminal = sys.stderr.isatty()
+    with (
+        terminal_progress(f"decompressing {args.core}", enabled=on_terminal) as progress,
+        open_core(
+            args.core,
+            exe=args.exe,
+            sysroot=args.sysroot,
+            debug_dirs=debug_dirs,
+            progress=progress,
+        ) as target,
+    ):
         report = build_core_report(
             target, group=not args.no_group and not args.json, max_frames=args.max_frames
         )

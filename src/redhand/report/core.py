@@ -54,10 +54,7 @@ def build_core_report(
     max_frames: int | None = None,
     unwind_limit: int = DEFAULT_MAX_FRAMES,
 ) -> CoreReport:
-    from redhand.analysis.crash import classify
-
-    crash = target.crash if target.crash is not None else classify(target)
-    target.crash = crash
+    crash = target.crash
     stacks = build_stack_report(
         target, group=group, max_frames=max_frames, unwind_limit=unwind_limit
     )
@@ -70,7 +67,7 @@ def build_core_report(
 
 
 def _process_lines(target: Target, style: Style) -> list[str]:
-    process = getattr(target, "process", None)
+    process = target.process
     core_path = getattr(target, "core_path", None)
     compression = getattr(target, "compression", None)
     count = len(target.threads)
@@ -144,7 +141,7 @@ def render_core_text(report: CoreReport, stream: TextIO, style: Style | None = N
 
 def core_json(report: CoreReport) -> dict[str, object]:
     target = report.target
-    process = getattr(target, "process", None)
+    process = target.process
     crashed = report.crashed_thread
     return {
         "redhand": JSON_VERSION,

@@ -19,6 +19,7 @@ from redhand.unwind.unwinder import RawFrame, Unwinder
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from redhand.analysis.crash import Crash
+    from redhand.target.corenotes import ProcessInfo
     from redhand.target.signals import SignalInfo
 
 DEFAULT_MAX_FRAMES = 1024
@@ -102,8 +103,10 @@ class Target:
         self.timings: dict[str, float] = dict(timings or {})
         """Seconds spent in each phase (freeze, unwind, symbols, ...)."""
         self.threads: list[Thread] = []
-        self.crash: Crash | None = None
-        """For a core (or a process caught at a fatal signal): what happened, explained."""
+        self._crash: Crash | None = None
+        self._classified = False
+        self.process: ProcessInfo | None = None
+        """What the source says of the process (a core's NT_PRPSINFO), when known."""
         self.warnings: list[str] = []
         self._named: dict[
             tuple[int, int], tuple[str | None, int | None, str | None, str | None, bool]
@@ -112,6 +115,25 @@ class Target:
 
     def __repr__(self) -> str:
         return f"<Target {self.source} pid={self.pid} threads={len(self.threads)}>"
+
+    @property
+    def crash(self) -> Crash | None:
+        """What killed the process, explained; None when no thread has a fatal signal.
+
+        Worked out on first use (it may unwind the crashing thread).
+        """
+        if not self._classified:
+            self._classified = True
+            if any(thread.crashed or thread.siginfo is not None for thread in self.threads):
+                from redhand.analysis.crash import classify
+
+                self._crash = classify(self)
+        return self._crash
+
+    @crash.setter
+    def crash(self, crash: Crash | None) -> None:
+        self._crash = crash
+        self._classified = True
 
     def __enter__(self) -> Target:
         return self
