@@ -52,7 +52,7 @@ from redhand.target.corenotes import (
 )
 from redhand.target.decompress import ProgressCallback, decompress, detect_compression
 from redhand.target.model import Mapping
-from redhand.target.module import VDSO, Module, ModuleMap
+from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings
 from redhand.target.target import Target, Thread
 
 TYPE_CHECKING = False
@@ -85,16 +85,10 @@ class CoreMapping(Mapping):
     """A mapping of a core.
 
     Cores record no device or inode (``dev`` is ``00:00``, ``inode`` 0), nor
-    whether a mapping was shared: ``perms`` ends in ``p``.  ``is_file`` is
-    therefore decided by the path alone (NT_FILE lists only file mappings).
+    whether a mapping was shared: ``perms`` ends in ``p``.
     """
 
     __slots__ = ()
-
-    @property
-    def is_file(self) -> bool:
-        path = self.path
-        return bool(path) and not path.startswith("[")  # type: ignore[union-attr]
 
 
 class CoreTarget(Target):
@@ -619,30 +613,6 @@ def _read_cstring(memory: CoreMemory, address: int, limit: int = 4096) -> str | 
 # -- modules ----------------------------------------------------------------------
 
 
-def group_core_mappings(mappings: Sequence[_M]) -> list[list[_M]]:
-    """Consecutive mappings of one file, as the dynamic loader lays them out.
-
-    :func:`redhand.target.module.group_file_mappings` with the path as the
-    file's identity (cores record no inode): a group starts at a mapping at
-    offset 0 or where the path changes; anonymous mappings (.bss) do not
-    split a group.
-    """
-    groups: list[list[_M]] = []
-    current: list[_M] = []
-    for mapping in mappings:
-        if not mapping.is_file:
-            continue
-        if current and current[-1].path == mapping.path and mapping.offset != 0:
-            current.append(mapping)
-            continue
-        if current:
-            groups.append(current)
-        current = [mapping]
-    if current:
-        groups.append(current)
-    return groups
-
-
 _Phdr = tuple[int, int, int, int, int, int, int, int]
 
 
@@ -759,7 +729,7 @@ def _modules(
     opened: dict[str, ElfFile | None] = {}
     fixed: dict[int, CoreMapping] = {}
     exe_used = False
-    for group in group_core_mappings(mappings):
+    for group in group_file_mappings(mappings):
         path = group[0].path
         assert path is not None
         display = path.removesuffix(_DELETED)

@@ -235,8 +235,12 @@ class Mapping(Value):
 
     @property
     def is_file(self) -> bool:
-        """Backed by a file (not anonymous, not a pseudo-mapping like [heap])."""
-        return bool(self.path) and not self.path.startswith("[") and self.inode != 0  # type: ignore[union-attr]
+        """Backed by a file: not anonymous, not a pseudo-mapping like ``[heap]``.
+
+        Decided by the path alone: cores record no inode.
+        """
+        path = self.path
+        return bool(path) and not path.startswith(("[", "anon_inode:"))  # type: ignore[union-attr]
 
 
 class Trust(enum.StrEnum):

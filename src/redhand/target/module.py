@@ -19,6 +19,12 @@ from redhand.symbols import ModuleSymbols, SymbolMatch
 from redhand.target.model import Mapping
 from redhand.unwind.cfi import CfiTable
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TypeVar
+
+    _M = TypeVar("_M", bound=Mapping)
+
 PAGE_MASK = ~0xFFF
 
 VDSO = "[vdso]"
@@ -195,14 +201,15 @@ class ModuleMap:
         return None
 
 
-def group_file_mappings(mappings: Sequence[Mapping]) -> list[list[Mapping]]:
+def group_file_mappings(mappings: Sequence[_M]) -> list[list[_M]]:
     """Consecutive mappings of one file, as the dynamic loader lays them out.
 
     A new group starts at a mapping of the file at offset 0 (or where the file
-    changes).  Anonymous mappings between segments (.bss) do not split a group.
+    changes: its path, or its inode where the source knows it).  Anonymous
+    mappings between segments (.bss) do not split a group.
     """
-    groups: list[list[Mapping]] = []
-    current: list[Mapping] = []
+    groups: list[list[_M]] = []
+    current: list[_M] = []
     for mapping in mappings:
         if not mapping.is_file:
             continue
