@@ -55,12 +55,6 @@ from redhand.target.model import Mapping
 from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings
 from redhand.target.target import Target, Thread
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import TypeVar
-
-    _M = TypeVar("_M", bound=Mapping)
-
 DEFAULT_DEBUG_DIRS: tuple[str, ...] = ("/usr/lib/debug",)
 
 VSYSCALL = "[vsyscall]"
