@@ -335,7 +335,8 @@ def test_explain_mapping(build_dir: Path, tmp_path: Path) -> None:
         text = explain_mapping(target, libc.start)
         assert text.startswith("in ") and f"{libc.path} (r-xp)" in text, text
         first = target.mappings[0]
-        assert explain_mapping(target, first.start - 0x100000) == "no mapping within 1 MiB"
+        below_all = explain_mapping(target, first.start - 0x100000)
+        assert below_all == f"nothing is mapped there: 1 MiB below {first.path}, the lowest mapping"
         assert "not a canonical address" in explain_mapping(target, 0x4141414141414141)
         gaps = [
             (below, above)

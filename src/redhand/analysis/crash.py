@@ -403,11 +403,13 @@ def _explain_mapping(names: _Names, address: int) -> str:
     below, above = _neighbours(target, address)
     if below is not None and above is not None:
         return f"between {names.name(below)} and {names.name(above)}"
-    nearest = below or above
-    if nearest is None:
-        return "no mapping at all"
-    distance = address - below.end if below is not None else above.start - address  # type: ignore[union-attr]
-    return f"no mapping within {_size(distance)}"
+    if above is not None:
+        gap = _size(above.start - address)
+        return f"nothing is mapped there: {gap} below {names.name(above)}, the lowest mapping"
+    if below is not None:
+        gap = _size(address - below.end)
+        return f"nothing is mapped there: {gap} above {names.name(below)}, the highest mapping"
+    return "no mapping at all"
 
 
 def _stack_mapping(target: Target, sp: int) -> MemoryMapping | None:
