@@ -73,6 +73,7 @@ def test_frame_text_is_honest() -> None:
     assert str(named) == "#0  0x00007f0000001234 in poll+0x1a (libc.so.6)"
     stripped = Frame(1, 0x5555_0000_4321, 0, Trust.CFI, None, 0x4321, "/usr/bin/app")
     assert stripped.location() == "app+0x4321"
+    assert str(stripped) == "#1  0x0000555500004321 in ?? (app+0x4321)"
     nowhere = Frame(2, 0xDEAD, 0, Trust.FP)
     assert nowhere.location() == "0xdead"
     assert nowhere.to_json()["function"] is None

@@ -134,7 +134,8 @@ def format_frame(frame: Frame, style: Style) -> str:
         if frame.module is not None:
             text += " " + style(f"({frame.module_name})", "cyan")
     elif frame.module is not None and frame.offset is not None:
-        text = f"{index}{address} in " + style(f"{frame.module_name}+{frame.offset:#x}", "cyan")
+        place = style(f"({frame.module_name}+{frame.offset:#x})", "cyan")
+        text = f"{index}{address} in ?? {place}"
     else:
         text = f"{index}{address} in ??"
     notes = []

@@ -387,6 +387,10 @@ class Frame(Value):
         return f"{self.pc:#x}"
 
     def __str__(self) -> str:
+        if self.function is None and self.module is not None:
+            # No name: say so, and place the pc in its module (never read
+            # ``libfoo.so+0x1234`` as a function called libfoo.so).
+            return f"#{self.index:<2} {self.pc:#018x} in ?? ({self.location()})"
         text = f"#{self.index:<2} {self.pc:#018x} in {self.location()}"
         if self.file is not None:
             text += f" at {self.file}:{self.line}"
