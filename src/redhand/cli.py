@@ -105,6 +105,12 @@ def _pid(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
 
 
+_SCAN_HELP = (
+    "after the backtraces, every plausible return address on each thread's stack, "
+    "with why it was accepted or rejected (forensics of broken stacks)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="redhand",
@@ -145,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-frames",
         type=_positive,
         metavar="N",
-        help="show at most N frames per thread and say how many were left out",
+        help="show at most N frames per thread and say how many were left out "
+        "(of a recursion: N at each end; default 10)",
+    )
+    stack.add_argument(
+        "--all-frames",
+        action="store_true",
+        help="show every frame, even the repeated cycles of a deep recursion",
     )
     stack.add_argument(
         "--timing", action="store_true", help="show how long the freeze and each phase took"
@@ -165,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="bytes of each thread's stack copied while the process is frozen (default 1 MiB)",
     )
+    stack.add_argument("--scan", action="store_true", help=_SCAN_HELP)
     stack.set_defaults(run=run_stack)
 
     core = commands.add_parser(
@@ -205,8 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-frames",
         type=_positive,
         metavar="N",
-        help="show at most N frames per thread and say how many were left out",
+        help="show at most N frames per thread and say how many were left out "
+        "(of a recursion: N at each end; default 10)",
     )
+    core.add_argument(
+        "--all-frames",
+        action="store_true",
+        help="show every frame, even the repeated cycles of a deep recursion",
+    )
+    core.add_argument("--scan", action="store_true", help=_SCAN_HELP)
     core.set_defaults(run=run_core)
     return parser
 
@@ -227,12 +247,22 @@ def run_stack(args: argparse.Namespace) -> int:
             tids=set(tids) if tids else None,
             max_frames=args.max_frames,
             show_timing=args.timing,
+            all_frames=args.all_frames,
         )
         target.timings["total"] = time.perf_counter() - started
-        if args.json:
+        if args.json and args.scan:
+            from redhand.report.scan import render_json_with_scans
+            from redhand.report.stack import stack_json
+
+            render_json_with_scans(stack_json(report), target, sys.stdout)
+        elif args.json:
             render_stack_json(report, sys.stdout)
         else:
             render_stack_text(report, sys.stdout)
+            if args.scan:
+                from redhand.report.scan import render_scans_text
+
+                render_scans_text(target, sys.stdout, set(tids) if tids else None)
     sys.stdout.flush()
     return 0
 
@@ -256,12 +286,24 @@ def run_core(args: argparse.Namespace) -> int:
         ) as target,
     ):
         report = build_core_report(
-            target, group=not args.no_group and not args.json, max_frames=args.max_frames
+            target,
+            group=not args.no_group and not args.json,
+            max_frames=args.max_frames,
+            all_frames=args.all_frames,
         )
-        if args.json:
+        if args.json and args.scan:
+            from redhand.report.core import core_json
+            from redhand.report.scan import render_json_with_scans
+
+            render_json_with_scans(core_json(report), target, sys.stdout)
+        elif args.json:
             render_core_json(report, sys.stdout)
         else:
             render_core_text(report, sys.stdout)
+            if args.scan:
+                from redhand.report.scan import render_scans_text
+
+                render_scans_text(target, sys.stdout)
     sys.stdout.flush()
     return 0
 

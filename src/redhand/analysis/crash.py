@@ -113,6 +113,10 @@ _RUST_PANIC = (
 )
 
 
+_FRAMES_EXAMINED = 1024
+"""Frames of the crashing thread the rules look at (the innermost)."""
+
+
 class Crash(Value):
     """What killed the process: the signal, a kind, and an explanation in plain words.
 
@@ -473,7 +477,8 @@ class _Context:
     def frames(self) -> list[Frame]:
         if self._frames is None:
             try:
-                self._frames = list(self.thread.backtrace())
+                # Bounded: a deep recursion's backtrace holds a million frames.
+                self._frames = list(self.thread.backtrace()[:_FRAMES_EXAMINED])
             except RedhandError:
                 self._frames = []
         return self._frames
@@ -808,12 +813,67 @@ def _stack_overflow(ctx: _Context, address: int) -> Crash | None:
         hit = f"its last bytes at {address:#x}"
     main = ctx.thread.tid == ctx.target.pid
     whose = "the main thread's stack" if main else f"the stack of thread {ctx.thread.tid}"
+    full = (
+        f"{whose} is full (the stack mapping is {_size(stack.size)}) "
+        f"and the program touched {hit}{ctx.tail()}"
+    )
+    recursed = _recursion_words(ctx, stack, main)
+    if recursed is not None:
+        return ctx.crash("stack-overflow", f"stack overflow: {recursed}; {full}")
     return ctx.crash(
         "stack-overflow",
-        f"stack overflow: {whose} is full (the stack mapping is {_size(stack.size)}) "
-        f"and the program touched {hit}{ctx.tail()}; deep or unbounded recursion is the "
-        "usual cause",
+        f"stack overflow: {full}; deep or unbounded recursion is the usual cause",
     )
+
+
+def _used_size(size: int) -> str:
+    """``8.0 MiB``, ``255.9 KiB``: one decimal, so that "used 8.0 MiB of 8 MiB" reads as full."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if size >= unit:
+            return f"{size / unit:.1f} {name}"
+    return f"{size} bytes"
+
+
+def _recursion_words(ctx: _Context, stack: MemoryMapping, main: bool) -> str | None:
+    """``[a → b → c] recursed 131,034 frames deep and used 8.0 MiB of the 8 MiB stack
+    (RLIMIT_STACK); each cycle takes 192 bytes; entered from main+0x1f``, when the
+    crashing thread's frames repeat (None otherwise)."""
+    sp = ctx.sp
+    try:
+        backtrace = ctx.thread.backtrace()
+        recursion = backtrace.recursion
+    except RedhandError:
+        return None
+    if recursion is None or sp is None:
+        return None
+    depth = recursion.end_index + 1
+    used = stack.end - sp
+    whose = "the" if main else f"thread {ctx.thread.tid}'s"
+    limit = "RLIMIT_STACK" if main else "the size of its stack mapping"
+    text = (
+        f"{recursion.label()} recursed {depth:,} frames deep and used {_used_size(used)} "
+        f"of {whose} {_size(stack.size)} stack ({limit})"
+    )
+    if recursion.cycle_bytes is not None:
+        text += f"; each cycle takes {recursion.cycle_bytes:,} bytes"
+    entry = backtrace[depth] if depth < len(backtrace) else None
+    if entry is not None:
+        where = entry.location()
+        if entry.file is not None:
+            where += f" at {entry.file}:{entry.line}"
+        text += f"; entered from {where}"
+    ctx.details["recursion"] = {
+        "cycle": recursion.names(),
+        "length": recursion.length,
+        "repeats": recursion.repeats,
+        "start_index": recursion.start_index,
+        "end_index": recursion.end_index,
+        "depth": depth,
+        "cycle_bytes": recursion.cycle_bytes,
+        "stack_used": used,
+        "entered_from": entry.location() if entry is not None else None,
+    }
+    return text
 
 
 def _general_protection(ctx: _Context) -> Crash:

@@ -53,10 +53,15 @@ def build_core_report(
     group: bool = True,
     max_frames: int | None = None,
     unwind_limit: int = DEFAULT_MAX_FRAMES,
+    all_frames: bool = False,
 ) -> CoreReport:
     crash = target.crash
     stacks = build_stack_report(
-        target, group=group, max_frames=max_frames, unwind_limit=unwind_limit
+        target,
+        group=group,
+        max_frames=max_frames,
+        unwind_limit=unwind_limit,
+        all_frames=all_frames,
     )
     # The crashing thread first, and never grouped with others.
     stacks.groups.sort(key=lambda g: not any(thread.crashed for thread in g.threads))

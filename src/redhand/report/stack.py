@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from redhand.report.style import Style
-from redhand.target.model import Backtrace, EndReason, Frame, Trust
+from redhand.target.model import RECURSION_MIN_FRAMES, Backtrace, EndReason, Frame, Trust
 from redhand.target.target import DEFAULT_MAX_FRAMES, Target, Thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import TextIO
+
+    from redhand.analysis.recursion import Recursion
 
 JSON_VERSION = 1
 
@@ -51,7 +53,10 @@ class ThreadGroup:
 class StackReport:
     """What ``redhand stack`` shows: the target and its threads grouped by stack.
 
-    ``max_frames`` is how many frames to show per thread; None shows them all.
+    ``max_frames`` is how many frames to show per thread; None shows them all,
+    except in a recursion: then the top and bottom :data:`RECURSION_SHOWN`
+    frames and one line for the cycles between (``max_frames`` sets how many
+    at each end).  ``all_frames`` shows every frame, every cycle.
     """
 
     def __init__(
@@ -60,11 +65,13 @@ class StackReport:
         groups: list[ThreadGroup],
         max_frames: int | None,
         show_timing: bool = False,
+        all_frames: bool = False,
     ) -> None:
         self.target = target
         self.groups = groups
         self.max_frames = max_frames
         self.show_timing = show_timing
+        self.all_frames = all_frames
 
     def __repr__(self) -> str:
         return f"StackReport({self.target!r}, {len(self.groups)} groups)"
@@ -78,6 +85,7 @@ def build_stack_report(
     max_frames: int | None = None,
     unwind_limit: int = DEFAULT_MAX_FRAMES,
     show_timing: bool = False,
+    all_frames: bool = False,
 ) -> StackReport:
     """Unwind every thread (or those in ``tids``) and group identical stacks."""
     threads = [t for t in target.threads if tids is None or t.tid in tids]
@@ -94,7 +102,78 @@ def build_stack_report(
         groups.append(entry)
         if key is not None:
             by_key[key] = entry
-    return StackReport(target, groups, max_frames, show_timing)
+    return StackReport(target, groups, max_frames, show_timing, all_frames)
+
+
+# -- what to show of a long trace -----------------------------------------------------------
+
+RECURSION_SHOWN = 10
+"""Frames shown at each end of a recursion (where it is now, and where it was entered)."""
+
+
+class Cut:
+    """Frames ``start`` to ``stop - 1`` left out of a report; ``recursion`` when all of
+    them are ``repeats`` whole cycles of it."""
+
+    def __init__(
+        self, start: int, stop: int, recursion: Recursion | None = None, repeats: int = 0
+    ) -> None:
+        self.start = start
+        self.stop = stop
+        self.recursion = recursion
+        self.repeats = repeats
+
+    def __repr__(self) -> str:
+        return f"Cut({self.start}, {self.stop}, repeats={self.repeats})"
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def layout(
+    backtrace: Backtrace, max_frames: int | None, all_frames: bool = False
+) -> list[range | Cut]:
+    """The frames to show (ranges of indices) and what is cut between them.
+
+    A recursion shows its top and bottom ``max_frames`` (default
+    :data:`RECURSION_SHOWN`) and, between them, whole cycles as one cut;
+    frames cut that are not cycles get a cut of their own.  Without a
+    recursion, the first ``max_frames`` (None: all), then one cut.
+    """
+    total = len(backtrace)
+    if all_frames:
+        return [range(total)]
+    shown = max_frames if max_frames is not None else RECURSION_SHOWN
+    recursion = backtrace.recursion if total > 2 * shown else None
+    if recursion is not None:
+        parts = _recursion_layout(total, shown, recursion)
+        if parts is not None:
+            return parts
+    if max_frames is None or total <= max_frames:
+        return [range(total)]
+    return [range(max_frames), Cut(max_frames, total)]
+
+
+def _recursion_layout(total: int, shown: int, recursion: Recursion) -> list[range | Cut] | None:
+    """Top frames, the cycles between as one cut, then the bottom: the last cycles
+    and the ``shown`` frames from where the recursion was entered."""
+    start, end, length = recursion.start_index, recursion.end_index + 1, recursion.length
+    bottom_stop = min(total, end + shown)
+    # Whole cycles only: the cut begins and ends on a cycle's boundary.
+    cut_start = start + -(-(max(shown, start) - start) // length) * length
+    cut_stop = start + ((max(bottom_stop - shown, start) - start) // length) * length
+    if cut_stop - cut_start < 2 * length:
+        return None
+    parts: list[range | Cut] = []
+    if start > shown:  # frames above the recursion, not cycles
+        parts += [range(shown), Cut(shown, start), range(start, cut_start)]
+    else:
+        parts.append(range(cut_start))
+    parts.append(Cut(cut_start, cut_stop, recursion, (cut_stop - cut_start) // length))
+    parts.append(range(cut_stop, bottom_stop))
+    if bottom_stop < total:
+        parts.append(Cut(bottom_stop, total))
+    return [part for part in parts if len(part)]
 
 
 # -- text ---------------------------------------------------------------------------
@@ -123,6 +202,8 @@ def _group_title(group: ThreadGroup, style: Style) -> str:
 def format_frame(frame: Frame, style: Style) -> str:
     """``#3  0x00007f3a1c2b4e10 in pthread_cond_wait+0x1a0 (libc.so.6)``."""
     index = f"#{frame.index:<3}"
+    if len(index) > 4:  # frame 1,000 and deeper: keep a space before the address
+        index += " "
     address = style(f"{frame.pc:#018x}", "dim")
     if frame.function is not None:
         name = style(frame.function, "yellow")
@@ -171,18 +252,47 @@ def render_stack_text(report: StackReport, stream: TextIO, style: Style | None =
         write("\n" + format_timings(target) + "\n")
 
 
+def format_cut(cut: Cut, total: int) -> str:
+    """The line that stands for frames left out, saying which and how to see them."""
+    recursion = cut.recursion
+    if recursion is None:
+        if cut.stop == total:
+            return f"… {len(cut):,} more frames (--max-frames to show more)"
+        count = f"{len(cut):,} frame{'s' if len(cut) != 1 else ''}"
+        return f"… frames {cut.start:,}-{cut.stop - 1:,} ({count}; --all-frames shows them) …"
+    return (
+        f"… frames {cut.start:,}-{cut.stop - 1:,}: {recursion.label()} repeated "
+        f"{cut.repeats:,} times (--all-frames shows them) …"
+    )
+
+
+def format_recursion(recursion: Recursion) -> str:
+    """``recursion: frames 1-1,047,984, [ping → pong] 523,992 times, 32 bytes a cycle``."""
+    text = (
+        f"recursion: frames {recursion.start_index:,}-{recursion.end_index:,} are "
+        f"{recursion.label()} {recursion.repeats:,} times"
+    )
+    if recursion.cycle_bytes is not None:
+        text += f", {recursion.cycle_bytes:,} bytes of stack a cycle"
+    return text
+
+
 def render_groups(report: StackReport, stream: TextIO, style: Style) -> None:
     """Each group of threads: a title, its frames, and why its backtrace stops."""
     write = stream.write
     for group in report.groups:
         write("\n" + _group_title(group, style) + "\n")
         backtrace = group.backtrace
-        shown = backtrace[: report.max_frames] if report.max_frames is not None else backtrace
-        for frame in shown:
-            write(format_frame(frame, style) + "\n")
-        hidden = len(backtrace) - len(shown)
-        if hidden > 0:
-            write(style(f"… {hidden:,} more frames (--max-frames to show more)", "dim") + "\n")
+        total = len(backtrace)
+        for part in layout(backtrace, report.max_frames, report.all_frames):
+            if isinstance(part, Cut):
+                write(style(format_cut(part, total), "dim") + "\n")
+                continue
+            for frame in backtrace[part.start : part.stop]:
+                write(format_frame(frame, style) + "\n")
+        recursion = backtrace.recursion if total > RECURSION_MIN_FRAMES else None
+        if recursion is not None:
+            write(style(f"    {format_recursion(recursion)}", "magenta") + "\n")
         if backtrace.end is not EndReason.OUTERMOST:
             reason = END_TEXT[backtrace.end]
             if backtrace.end is EndReason.LIMIT:
@@ -203,8 +313,24 @@ def format_timings(target: Target) -> str:
 # -- JSON ----------------------------------------------------------------------------
 
 
-def thread_json(thread: Thread, backtrace: Backtrace, max_frames: int | None) -> dict[str, object]:
-    frames = backtrace[:max_frames] if max_frames is not None else backtrace
+def thread_json(
+    thread: Thread, backtrace: Backtrace, max_frames: int | None, all_frames: bool = False
+) -> dict[str, object]:
+    """A thread; its ``frames`` are those the text shows of a deep recursion (each
+    with its ``index``), all of any other trace up to ``max_frames``."""
+    if len(backtrace) > DEFAULT_MAX_FRAMES and not all_frames:
+        parts = layout(backtrace, max_frames)  # a summarised recursion: not a million frames
+    elif max_frames is not None and not all_frames:
+        parts = [range(min(max_frames, len(backtrace)))]
+    else:
+        parts = [range(len(backtrace))]
+    frames = [
+        frame
+        for part in parts
+        if isinstance(part, range)
+        for frame in backtrace[part.start : part.stop]
+    ]
+    recursion = backtrace.recursion if len(backtrace) > RECURSION_MIN_FRAMES else None
     return {
         "tid": thread.tid,
         "name": thread.name,
@@ -213,6 +339,8 @@ def thread_json(thread: Thread, backtrace: Backtrace, max_frames: int | None) ->
         "signal": thread.signal,
         "frames": [frame.to_json() for frame in frames],
         "frames_omitted": len(backtrace) - len(frames),
+        "depth": len(backtrace),
+        "recursion": recursion.to_json() if recursion is not None else None,
         "end": str(backtrace.end),
         "end_detail": backtrace.end_detail,
         "problem": thread.problem,
@@ -245,7 +373,7 @@ def threads_json(report: StackReport) -> list[dict[str, object]]:
         for thread in group.threads:
             backtraces[thread.tid] = (thread, group.backtrace)
     return [
-        thread_json(thread, backtrace, report.max_frames)
+        thread_json(thread, backtrace, report.max_frames, report.all_frames)
         for thread, backtrace in (
             backtraces[t.tid] for t in report.target.threads if t.tid in backtraces
         )

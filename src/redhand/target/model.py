@@ -15,6 +15,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import overload
 
+    from redhand.analysis.recursion import Recursion
+
+RECURSION_MIN_FRAMES = 20
+"""Backtraces at most this long are not searched for recursion (they are shown whole)."""
+
 # The order of ``struct user_regs_struct`` in <sys/user.h> (x86_64), which is
 # also the layout of NT_PRSTATUS's pr_reg and of PTRACE_GETREGSET NT_PRSTATUS.
 USER_REGS_FIELDS = (
@@ -423,16 +428,41 @@ class Backtrace(Sequence[Frame]):
 
     ``truncated`` counts frames that exist but were not unwound because of a
     frame limit (only known when the limit was hit; otherwise 0).
+
+    ``recursion`` is the smallest cycle of frames that repeats in the trace
+    (:class:`redhand.analysis.recursion.Recursion`), or None.  It is looked
+    for only in traces longer than :data:`RECURSION_MIN_FRAMES` (shorter
+    ones are shown whole anyway).  A thread deep in recursion gets a
+    :class:`~redhand.analysis.recursion.DeepBacktrace`, which holds every
+    frame of a million-frame stack without unwinding each.
     """
 
-    __slots__ = ("_frames", "end", "end_detail")
+    __slots__ = ("_frames", "_recursion", "_recursion_known", "end", "end_detail")
 
     def __init__(
-        self, frames: Sequence[Frame], end: EndReason, end_detail: str | None = None
+        self,
+        frames: Sequence[Frame],
+        end: EndReason,
+        end_detail: str | None = None,
+        *,
+        recursion: Recursion | None = None,
     ) -> None:
         self._frames = tuple(frames)
         self.end = end
         self.end_detail = end_detail
+        self._recursion = recursion
+        self._recursion_known = recursion is not None
+
+    @property
+    def recursion(self) -> Recursion | None:
+        """The repeating cycle of frames, found on first use (None if there is none)."""
+        if not self._recursion_known:
+            self._recursion_known = True
+            if len(self._frames) > RECURSION_MIN_FRAMES:
+                from redhand.analysis.recursion import find_recursion
+
+                self._recursion = find_recursion(self._frames)
+        return self._recursion
 
     if TYPE_CHECKING:
 

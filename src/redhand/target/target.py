@@ -174,6 +174,13 @@ class Target:
         started = time.perf_counter()
         raw, end, detail = self._unwinder.unwind(thread.registers, max_frames=max_frames)
         self._add_time("unwind", started)
+        if end is EndReason.LIMIT:
+            # Deep recursion is summarised, not cut (numpy comes only with it).
+            from redhand.analysis.recursion import deep_backtrace
+
+            deep = deep_backtrace(self, thread, raw)
+            if deep is not None:
+                return deep
         started = time.perf_counter()
         frames = [self.symbolize(frame, index) for index, frame in enumerate(raw)]
         self._add_time("symbols", started)

@@ -42,9 +42,17 @@ def _ff_call_length(modrm: int, sib: int | None) -> int | None:
 
 def is_call_before(code: bytes) -> bool:
     """Whether ``code`` (the bytes right before a return address) ends with a call."""
+    return call_length(code) is not None
+
+
+def call_length(code: bytes) -> int | None:
+    """The length of the call ``code`` (the bytes before a return address) ends with, or None.
+
+    5 is ``E8 rel32``, a direct call; any other length is an indirect ``FF /2``.
+    """
     size = len(code)
     if size >= 5 and code[size - 5] == 0xE8:
-        return True
+        return 5
     for length in (2, 3, 4, 6, 7):
         if size < length:
             break
@@ -53,8 +61,32 @@ def is_call_before(code: bytes) -> bool:
             continue
         sib = code[start + 2] if start + 2 < size else None
         if _ff_call_length(code[start + 1], sib) == length:
-            return True
-    return False
+            return length
+    return None
+
+
+def call_before(memory: Memory, address: int) -> tuple[int, int | None] | None:
+    """The call ending right before ``address``: (its address, its direct target or None).
+
+    None when there is no call there, or its bytes cannot be read.  The
+    target is known for ``E8 rel32`` only; an indirect call's depends on
+    registers or memory at the time of the call.
+    """
+    for lookback in (_LOOKBACK, 5, 2):
+        if address < lookback:
+            continue
+        try:
+            code = memory.read(address - lookback, lookback)
+        except MemoryReadError:
+            continue
+        length = call_length(code)
+        if length is None:
+            return None
+        if length == 5:
+            displacement = int.from_bytes(code[-4:], "little", signed=True)
+            return address - 5, (address + displacement) & 0xFFFF_FFFF_FFFF_FFFF
+        return address - length, None
+    return None
 
 
 def follows_call(memory: Memory, address: int) -> bool | None:

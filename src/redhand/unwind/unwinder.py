@@ -2,12 +2,17 @@
 
 For each frame the unwinder asks its strategies in order (DWARF CFI, the
 sigreturn trampoline, a call through a bad pointer, a frameless stub, the
-frame-pointer chain, a return address at sp);
+frame-pointer chain, a return address at sp, validated stack scanning:
+:mod:`redhand.unwind.scan`);
 the first that applies gives the caller's registers.  A strategy that does
 not apply says why, and when none applies the trace ends with the most
 telling of those reasons.  Every frame records how it was found
 (:class:`~redhand.target.model.Trust`) and every trace why it ended
 (:class:`~redhand.target.model.EndReason`).
+
+A return address that is not code (``0x4141414141414141``, unmapped) means
+the stack above it was overwritten: the trace says so in its end detail and
+goes on with the callers a scan finds above the damage.
 
 The unwinder runs after the target resumed, on copies of the stacks; it reads
 only through the :class:`~redhand.target.memory.Memory` it is given and keeps
@@ -26,6 +31,13 @@ from redhand.target.model import DWARF_FP, DWARF_RA, DWARF_SP, EndReason, Regist
 from redhand.unwind._reader import MASK64, CfiError
 from redhand.unwind.callsite import follows_call
 from redhand.unwind.cfi import CfiTable, Fde, Row, RuleKind
+from redhand.unwind.scan import (
+    WORDS_AFTER_CFI,
+    ScanStrategy,
+    in_named_function,
+    module_has_symbols,
+    scan_caller,
+)
 
 # Protocols are for the type checker only (see redhand.target.memory).
 TYPE_CHECKING = False
@@ -43,6 +55,7 @@ __all__ = [
     "FrameState",
     "LeafStrategy",
     "RawFrame",
+    "ScanStrategy",
     "SigreturnStrategy",
     "Stop",
     "Strategy",
@@ -599,6 +612,7 @@ DEFAULT_STRATEGIES: tuple[Strategy, ...] = (
     LeafStrategy(strict=True),
     FramePointerStrategy(),
     LeafStrategy(strict=False),
+    ScanStrategy(),
 )
 
 
@@ -630,6 +644,8 @@ class Unwinder:
         self._calls: dict[int, bool | None] = {}
         self._tables: dict[int, tuple[UnwindModule, CfiTable | None]] = {}
         self._cfi_rows: dict[tuple[int, bool], _CfiAnswer | Stop] = {}
+        self._functions: dict[int, bool | None] = {}
+        self._symbolized: dict[int, tuple[UnwindModule, bool | None]] = {}
 
     # -- services for strategies ------------------------------------------------
 
@@ -669,6 +685,33 @@ class Unwinder:
         except KeyError:
             result = self._calls[address] = follows_call(self.memory, address)
             return result
+
+    def in_function(self, address: int) -> bool | None:
+        """Whether ``address`` lies in a named function, for stack scanning.
+
+        None when there is no symbol table to ask: no module holds the
+        address (JIT code), or its module has none (a stripped file).  False
+        also when the module cannot say whether it has one (it offers only
+        the :class:`UnwindModule` protocol): scanning must not take a word
+        it cannot validate.
+        """
+        try:
+            return self._functions[address]
+        except KeyError:
+            pass
+        module = self.module_for(address)
+        result = None
+        if module is not None:
+            key = id(module)
+            known = self._symbolized.get(key)
+            if known is None or known[0] is not module:
+                known = self._symbolized[key] = (module, module_has_symbols(module))
+            if known[1] is None:
+                result = False
+            elif known[1]:
+                result = in_named_function(module, address)
+        self._functions[address] = result
+        return result
 
     def is_sigreturn(self, pc: int) -> bool:
         """Whether the code at ``pc`` is the rt_sigreturn trampoline (False if unreadable)."""
@@ -711,6 +754,7 @@ class Unwinder:
         frame = FrameState(pc=registers.rip, regs=regs, trust=Trust.CONTEXT, signal_frame=True)
         frames: list[RawFrame] = []
         max_frames = max(1, max_frames)
+        damage: _Damage | None = None
         while True:
             try:
                 result = self.step(frame)
@@ -727,29 +771,108 @@ class Unwinder:
                 RawFrame(frame.pc, sp or 0, frame.trust, frame.signal_frame, cfa, trampoline)
             )
             if isinstance(result, Stop):
-                return frames, result.reason, result.detail
+                return _ended(frames, result.reason, result.detail, damage)
             caller = result
             caller_sp = caller.regs[DWARF_SP]
             if caller.pc == 0:
-                return frames, EndReason.OUTERMOST, "the return address is 0"
+                return _ended(frames, EndReason.OUTERMOST, "the return address is 0", damage)
             if caller_sp is None:
-                return frames, EndReason.NO_UNWIND_INFO, "the caller's stack pointer is unknown"
+                return _ended(
+                    frames,
+                    EndReason.NO_UNWIND_INFO,
+                    "the caller's stack pointer is unknown",
+                    damage,
+                )
             if caller.trust is not Trust.CONTEXT and sp is not None and caller_sp <= sp:
-                return (
+                return _ended(
                     frames,
                     EndReason.LOOP,
                     f"the stack pointer did not grow ({sp:#x} to {caller_sp:#x})",
+                    damage,
                 )
             if not self.executable(caller.pc):
                 detail = f"return address {caller.pc:#x} is not in executable memory"
-                if caller.trust is Trust.CONTEXT and len(frames) < max_frames:
-                    # The interrupted code itself: show where it was.
-                    frames.append(RawFrame(caller.pc, caller_sp, caller.trust, True, None))
-                    detail = f"a signal interrupted {caller.pc:#x}, not in executable memory"
-                return frames, EndReason.BAD_PC, detail
+                if caller.trust is Trust.CONTEXT:
+                    if len(frames) < max_frames:
+                        # The interrupted code itself: show where it was.
+                        frames.append(RawFrame(caller.pc, caller_sp, caller.trust, True, None))
+                        detail = f"a signal interrupted {caller.pc:#x}, not in executable memory"
+                    return _ended(frames, EndReason.BAD_PC, detail, damage)
+                if damage is not None or len(frames) >= max_frames:
+                    return _ended(frames, EndReason.BAD_PC, detail, damage)
+                # A smashed stack: look for the real callers above the damage
+                # (once per trace: a second bad return address after a
+                # recovery ends it).
+                damage = _Damage(len(frames) - 1, caller.pc, len(frames))
+                recovered = scan_caller(self, caller.regs, caller_sp, WORDS_AFTER_CFI, damaged=True)
+                if recovered is None:
+                    return (
+                        frames,
+                        EndReason.BAD_PC,
+                        damage.text()
+                        + (f"; no return address in the {WORDS_AFTER_CFI} words above it"),
+                    )
+                caller = recovered
             if len(frames) >= max_frames:
-                return frames, EndReason.LIMIT, f"stopped after {max_frames} frames"
+                return _ended(frames, EndReason.LIMIT, f"stopped after {max_frames} frames", damage)
             frame = caller
+
+
+class _Damage:
+    """A return address that is not code: frame ``index``'s, ``address``.
+
+    ``resumed`` is the index of the first frame recovered by scanning above it.
+    """
+
+    __slots__ = ("address", "index", "resumed")
+
+    def __init__(self, index: int, address: int, resumed: int) -> None:
+        self.index = index
+        self.address = address
+        self.resumed = resumed
+
+    def text(self) -> str:
+        return (
+            f"frame {self.index}'s return address {self.address:#x} is not code:"
+            " the stack above it was probably overwritten"
+        )
+
+
+def _ended(
+    frames: list[RawFrame], reason: EndReason, detail: str | None, damage: _Damage | None
+) -> tuple[list[RawFrame], EndReason, str | None]:
+    """How a trace ends; after a smashed return address, the damage comes first.
+
+    Such a trace ends as ``bad-pc`` (it is broken, whatever came after), or
+    ``limit`` when the frame limit cut it; the detail names the damaged
+    frame, the frames recovered by scanning above it and how they ended.
+    """
+    if damage is None:
+        return frames, reason, detail
+    last = len(frames) - 1
+    recovered = (
+        f"frame {last} was" if last == damage.resumed else f"frames {damage.resumed}-{last} were"
+    )
+    how = (
+        "reached the thread's first frame"
+        if reason is EndReason.OUTERMOST
+        else f"stopped: {_END_WORDS.get(reason, str(reason))}"
+    )
+    text = (
+        f"{damage.text()}; {recovered} recovered by scanning the stack above it,"
+        f" and unwinding from there {how}" + (f" ({detail})" if detail else "")
+    )
+    return frames, EndReason.LIMIT if reason is EndReason.LIMIT else EndReason.BAD_PC, text
+
+
+_END_WORDS = {
+    EndReason.NO_UNWIND_INFO: "no unwind information",
+    EndReason.UNREADABLE_MEMORY: "memory needed to unwind could not be read",
+    EndReason.BAD_PC: "a return address points to no code",
+    EndReason.LOOP: "the stack pointer stopped growing",
+    EndReason.LIMIT: "frame limit reached",
+}
+"""How the part of a trace after a smashed return address ended, in words."""
 
 
 def _verdict(frame: FrameState, skipped: list[Stop]) -> Stop:
