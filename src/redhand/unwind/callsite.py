@@ -65,6 +65,19 @@ def call_length(code: bytes) -> int | None:
     return None
 
 
+def _code_before(memory: Memory, address: int) -> bytes | None:
+    """The bytes just before ``address`` (as many as a call can have, fewer near a
+    mapping's start); None when none of them can be read."""
+    for lookback in (_LOOKBACK, 5, 2):
+        if address < lookback:
+            continue
+        try:
+            return memory.read(address - lookback, lookback)
+        except MemoryReadError:
+            continue
+    return None
+
+
 def call_before(memory: Memory, address: int) -> tuple[int, int | None] | None:
     """The call ending right before ``address``: (its address, its direct target or None).
 
@@ -72,31 +85,19 @@ def call_before(memory: Memory, address: int) -> tuple[int, int | None] | None:
     target is known for ``E8 rel32`` only; an indirect call's depends on
     registers or memory at the time of the call.
     """
-    for lookback in (_LOOKBACK, 5, 2):
-        if address < lookback:
-            continue
-        try:
-            code = memory.read(address - lookback, lookback)
-        except MemoryReadError:
-            continue
-        length = call_length(code)
-        if length is None:
-            return None
-        if length == 5:
-            displacement = int.from_bytes(code[-4:], "little", signed=True)
-            return address - 5, (address + displacement) & 0xFFFF_FFFF_FFFF_FFFF
-        return address - length, None
-    return None
+    code = _code_before(memory, address)
+    if code is None:
+        return None
+    length = call_length(code)
+    if length is None:
+        return None
+    if length == 5:
+        displacement = int.from_bytes(code[-4:], "little", signed=True)
+        return address - 5, (address + displacement) & 0xFFFF_FFFF_FFFF_FFFF
+    return address - length, None
 
 
 def follows_call(memory: Memory, address: int) -> bool | None:
     """Whether the instruction before ``address`` is a call; None when its bytes are unreadable."""
-    for lookback in (_LOOKBACK, 5, 2):
-        if address < lookback:
-            continue
-        try:
-            code = memory.read(address - lookback, lookback)
-        except MemoryReadError:
-            continue
-        return is_call_before(code)
-    return None
+    code = _code_before(memory, address)
+    return None if code is None else is_call_before(code)
