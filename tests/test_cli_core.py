@@ -37,7 +37,7 @@ def test_text_report(crash: CoreCrash, capsys: pytest.CaptureFixture[str]) -> No
     assert f"{THREADS + 1} threads" in lines[0]
     assert f"core file: {crash.core}" in out
     assert "SIGSEGV (SEGV_MAPERR) at address 0x10 in thread " in out
-    assert "null-dereference: write at 0x10: a field 16 bytes into a NULL pointer" in out
+    assert "null dereference: write at 0x10: a field 16 bytes into a NULL pointer" in out
     # the crashing thread comes first, before the others
     first_thread = next(line for line in lines if line.startswith(("thread ", f"{THREADS} ")))
     assert "(crashed: SIGSEGV)" in first_thread

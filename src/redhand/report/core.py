@@ -101,7 +101,13 @@ def _crash_lines(report: CoreReport, style: Style) -> list[str]:
         signal += f" ({crash.code_name})"
     where = f" at address {crash.address:#x}" if crash.address is not None else ""
     lines = [style(f"{signal}{where} in thread {crash.thread}", "bold", "red")]
-    lines.append(style(crash.kind, "bold") + ": " + crash.explanation)
+    # "null dereference: read at 0x10: ...", without saying the kind twice
+    # when the explanation starts with it ("stack overflow: [a → b] ...").
+    label = crash.kind.replace("-", " ")
+    if crash.explanation.lower().startswith(label):
+        lines.append(crash.explanation)
+    else:
+        lines.append(style(label, "bold") + ": " + crash.explanation)
     return lines
 
 
