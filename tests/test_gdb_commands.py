@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import compile_c, kernel_writes_cores_here
+from helpers import LiveProgram, compile_c, kernel_writes_cores_here
 
 import redhand.gdb
 from redhand.gdb import scan_words, summarise
@@ -109,3 +109,22 @@ def test_plain_functions_outside_gdb() -> None:
     assert verdicts[2] == (0x4141414141414141, False, "not canonical")
     summary = summarise([1, 2, 3, 2, 3, 2, 3, 2, 3, 9])
     assert summary.found and summary.cycle in ([2, 3], [3, 2]) and summary.repeats >= 3
+
+
+def test_recursion_in_gdb_on_a_live_process(tmp_path: Path) -> None:
+    """The same command on a live process that gdb attaches to."""
+    exe = compile_c("recurse_pingpong.c", tmp_path, ["-O2", "-g"])
+    with LiveProgram([exe, "live", "20000"], timeout=60) as program:
+        attach = ["gdb", "-batch", "-nx", "-p", str(program.pid)]
+        result = subprocess.run(
+            [*attach, "-ex", f"source {GDB_SCRIPT}", "-ex", "redhand-recursion"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert "Traceback" not in result.stderr, result.stderr
+    match = re.search(r"\[(\w+) → (\w+)\] repeated ([\d,]+) times", result.stdout)
+    assert match is not None, result.stdout
+    assert {match.group(1), match.group(2)} == {"ping", "pong"}
+    assert abs(2 * int(match.group(3).replace(",", "")) - 20000) <= 4
+    assert "main+" in result.stdout.split("bottom", 1)[1]
