@@ -519,43 +519,8 @@ def _state_at(unwinder: Unwinder, first: dict[int, int], index: int) -> FrameSta
 def _walk(
     unwinder: Unwinder, frame: FrameState, max_frames: int
 ) -> tuple[list[RawFrame], EndReason, str | None]:
-    """Frames from ``frame`` on, as :meth:`Unwinder.unwind` gives them from registers.
-
-    (The same loop as ``Unwinder.unwind``, which starts only from a thread's
-    registers, not from a frame in the middle of its stack.)
-    """
-    frames: list[RawFrame] = []
-    while True:
-        try:
-            result = unwinder.step(frame)
-        except MemoryReadError as error:
-            result = Stop(EndReason.UNREADABLE_MEMORY, str(error))
-        sp = frame.regs[DWARF_SP]
-        if isinstance(result, FrameState):
-            cfa, trampoline = result.callee_cfa, result.from_trampoline
-        else:
-            cfa, trampoline = None, False
-        frames.append(RawFrame(frame.pc, sp or 0, frame.trust, frame.signal_frame, cfa, trampoline))
-        if isinstance(result, Stop):
-            return frames, result.reason, result.detail
-        caller = result
-        caller_sp = caller.regs[DWARF_SP]
-        if caller.pc == 0:
-            return frames, EndReason.OUTERMOST, "the return address is 0"
-        if caller_sp is None:
-            return frames, EndReason.NO_UNWIND_INFO, "the caller's stack pointer is unknown"
-        if caller.trust is not Trust.CONTEXT and sp is not None and caller_sp <= sp:
-            return (
-                frames,
-                EndReason.LOOP,
-                f"the stack pointer did not grow ({sp:#x} to {caller_sp:#x})",
-            )
-        if not unwinder.executable(caller.pc):
-            return (
-                frames,
-                EndReason.BAD_PC,
-                f"return address {caller.pc:#x} is not in executable memory",
-            )
-        if len(frames) >= max_frames:
-            return frames, EndReason.LIMIT, f"stopped after {max_frames} frames below the recursion"
-        frame = caller
+    """Frames from ``frame`` on, as :meth:`Unwinder.unwind` gives them from registers."""
+    frames, end, detail = unwinder.walk(frame, max_frames=max_frames)
+    if end is EndReason.LIMIT:
+        detail = f"stopped after {max_frames} frames below the recursion"
+    return frames, end, detail

@@ -752,6 +752,12 @@ class Unwinder:
             registers.rip,
         ]  # fmt: skip
         frame = FrameState(pc=registers.rip, regs=regs, trust=Trust.CONTEXT, signal_frame=True)
+        return self.walk(frame, max_frames=max_frames)
+
+    def walk(
+        self, frame: FrameState, *, max_frames: int = 256
+    ) -> tuple[list[RawFrame], EndReason, str | None]:
+        """Like :meth:`unwind`, from any frame's state (one found in the middle of a stack)."""
         frames: list[RawFrame] = []
         max_frames = max(1, max_frames)
         damage: _Damage | None = None
