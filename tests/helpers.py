@@ -27,7 +27,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Protocol, TypeVar
+from typing import IO, TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from redhand import Backtrace, Target
 
 PROGRAMS = Path(__file__).resolve().parent / "programs"
 
@@ -1265,3 +1268,12 @@ def gdb_on_core(exe: Path, core: Path) -> GdbCore:
     threads = parse_gdb_backtraces(result.stdout)
     assert threads, f"gdb printed no threads:\n{result.stdout}\n{result.stderr}"
     return GdbCore(threads, result.stdout, siginfo)
+
+
+def check_against_unwinder(target: Target, tid: int, backtrace: Backtrace) -> None:
+    """Every frame of a summarised (deep) backtrace is the frame the plain unwinder finds."""
+    thread = target.thread(tid)
+    assert thread.registers is not None
+    raw, end, _ = target._unwinder.unwind(thread.registers, max_frames=len(backtrace) + 10)
+    assert end is backtrace.end
+    assert [(frame.pc, frame.sp) for frame in raw] == [(frame.pc, frame.sp) for frame in backtrace]

@@ -25,6 +25,7 @@ import pytest
 from helpers import (
     SYS_PAUSE,
     LiveProgram,
+    check_against_unwinder,
     compile_c,
     core_pattern,
     gdb_core_at_signal,
@@ -74,15 +75,6 @@ def _global(target: Target, exe: Path, name: str) -> int:
     )
     module = next(module for module in target.modules if module.path == str(exe))
     return int.from_bytes(target.memory.read(module.bias + address, 8), "little")
-
-
-def _check_against_unwinder(target: Target, tid: int, backtrace: Backtrace) -> None:
-    """Every frame of the summary is the frame the plain unwinder finds, one by one."""
-    thread = target.thread(tid)
-    assert thread.registers is not None
-    raw, end, _ = target._unwinder.unwind(thread.registers, max_frames=len(backtrace) + 10)
-    assert end is backtrace.end
-    assert [(frame.pc, frame.sp) for frame in raw] == [(frame.pc, frame.sp) for frame in backtrace]
 
 
 def _check_cycle(backtrace: Backtrace, depth: int) -> None:
@@ -141,7 +133,7 @@ def test_main_thread_overflow(program: Path, tmp_path: Path) -> None:
         )
         assert "entered from main+0x" in crash.explanation
         assert crash.details["recursion"]["repeats"] == recursion.repeats  # type: ignore[index]
-        _check_against_unwinder(target, thread.tid, backtrace)
+        check_against_unwinder(target, thread.tid, backtrace)
 
 
 def test_thread_overflow(program: Path, tmp_path: Path) -> None:
@@ -162,7 +154,7 @@ def test_thread_overflow(program: Path, tmp_path: Path) -> None:
         assert f"of thread {thread.tid}'s 256 KiB stack (the size of its stack mapping)" in (
             crash.explanation
         )
-        _check_against_unwinder(target, thread.tid, backtrace)
+        check_against_unwinder(target, thread.tid, backtrace)
 
 
 def test_live_process_deep_in_recursion(program: Path) -> None:
