@@ -900,6 +900,10 @@ def names_match(gdb_frame: GdbFrame, frame: FrameLike, language: str) -> bool:
     actual = canonical_name(frame.function, language)
     if expected == actual:
         return True
+    if getattr(frame, "inlined", False) and _inlined_name_matches(
+        gdb_frame.function, frame.function
+    ):
+        return True
     if frame.module:
         aliases = symbol_aliases(frame.module)
         group = aliases.get(frame.function, frozenset()) | aliases.get(
@@ -908,6 +912,34 @@ def names_match(gdb_frame: GdbFrame, frame: FrameLike, language: str) -> bool:
         if any(canonical_name(alias, language) == expected for alias in group):
             return True
     return same_function(expected, actual, language)
+
+
+def _strip_parameters(name: str) -> str:
+    """``std::f<int>::g(int) const`` -> ``std::f<int>::g``: the trailing parameter list cut off."""
+    text = name.removesuffix(" const")
+    if not text.endswith(")"):
+        return text
+    depth = 0
+    for position in range(len(text) - 1, -1, -1):
+        if text[position] == ")":
+            depth += 1
+        elif text[position] == "(":
+            depth -= 1
+            if depth == 0:
+                return text[:position]
+    return text
+
+
+def _inlined_name_matches(gdb_name: str, name: str) -> bool:
+    """6. An inlined frame is named by its DWARF name (DW_AT_name, drgn's name),
+    which is unqualified (``operator()``, ``__invoke_r<...>``, Rust's ``new``);
+    gdb prints the qualified name.  The unqualified name matches the qualified
+    one's last component."""
+    for candidate in (gdb_name, _strip_parameters(gdb_name)):
+        for own in (name, _strip_parameters(name)):
+            if candidate == own or candidate.endswith("::" + own):
+                return True
+    return False
 
 
 def same_function(gdb_name: str, name: str, language: str) -> bool:
@@ -952,13 +984,11 @@ def describe_gdb(frame: GdbFrame | None) -> str:
     return f"{pc}{frame.function}{kind}"
 
 
-INLINED_FRAMES = False
+INLINED_FRAMES = True
 """Whether redhand reports inlined calls as frames of their own.
 
-Not yet: inlined frames come with DWARF line information, a later capability.
-Until then each physical frame is compared by its real (outermost) function,
-which is what the symbol table names; gdb's inlined frames are shown in the
-report but not compared.
+It does (DWARF through drgn): each physical frame is compared with gdb's
+inlined frames at its pc too, innermost first.
 """
 
 
@@ -1038,9 +1068,13 @@ def compare_backtrace(
                 group_problems.append(f"{where}: pc {frame.pc:#x}, gdb says {gdb_frame.pc:#x}")
             if gdb_frame.kind == "normal" and gdb_frame.sp is not None and gdb_frame.sp != frame.sp:
                 group_problems.append(f"{where}: sp {frame.sp:#x}, gdb says {gdb_frame.sp:#x}")
-            compared = gdb_group if INLINED_FRAMES else gdb_group[-1:]
-            if len(compared) != len(group) or not all(
-                names_match(g, r, language) for g, r in zip(compared, group, strict=True)
+            # drgn finds no inline chain in Rust's std (gdb does): Rust's
+            # physical frames are compared by their real function only.
+            inline_names = INLINED_FRAMES and language != "rust"
+            compared = gdb_group if inline_names else gdb_group[-1:]
+            own = group if inline_names else group[-1:]
+            if len(compared) != len(own) or not all(
+                names_match(g, r, language) for g, r in zip(compared, own, strict=True)
             ):
                 gdb_names = [g.function for g in gdb_group]
                 redhand_names = [r.function for r in group]
@@ -1102,6 +1136,13 @@ def read_build_id(path: str | os.PathLike[str]) -> str | None:
     return match.group(1) if match else None
 
 
+def _same_name(item: str, needle: str) -> bool:
+    """Equal, or ``item`` an inlined frame's unqualified DWARF name for ``needle`` (rule 6)."""
+    if item == needle:
+        return True
+    return "::" not in _strip_parameters(item) and _inlined_name_matches(needle, item)
+
+
 def is_subsequence(
     needles: Sequence[str], haystack: Sequence[str], same: Callable[[str, str], bool] | None = None
 ) -> bool:
@@ -1111,7 +1152,7 @@ def is_subsequence(
     """
     iterator = iter(haystack)
     return all(
-        any((same(item, needle) if same else item == needle) for item in iterator)
+        any((same(item, needle) if same else _same_name(item, needle)) for item in iterator)
         for needle in needles
     )
 

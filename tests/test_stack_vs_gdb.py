@@ -433,7 +433,7 @@ def capture(build: BuildSpec, build_dir: Path) -> Capture:
             result.redhand_error = "".join(traceback.format_exception_only(error)).strip()
             result.notes.append(traceback.format_exc())
         result.cli = subprocess.run(
-            [sys.executable, "-m", "redhand", "stack", str(pid), "--json"],
+            [sys.executable, "-m", "redhand", "stack", "--source", str(pid), "--json"],
             capture_output=True,
             text=True,
             timeout=120,

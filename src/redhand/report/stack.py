@@ -199,6 +199,16 @@ def _group_title(group: ThreadGroup, style: Style) -> str:
     return style(f"{len(group.threads)} threads ({tids}) {quoted}", "bold") + ":"
 
 
+def format_location(frame: Frame) -> str:
+    """``src/cart.cpp:88:12``: as much of file, line and column as is known."""
+    text = f"{frame.file}"
+    if frame.line is not None:
+        text += f":{frame.line}"
+        if frame.column is not None:
+            text += f":{frame.column}"
+    return text
+
+
 def format_frame(frame: Frame, style: Style) -> str:
     """``#3  0x00007f3a1c2b4e10 in pthread_cond_wait+0x1a0 (libc.so.6)``."""
     index = f"#{frame.index:<3}"
@@ -209,9 +219,11 @@ def format_frame(frame: Frame, style: Style) -> str:
         name = style(frame.function, "yellow")
         if frame.offset:
             name += f"+{frame.offset:#x}"
+        if frame.inlined:
+            name += " " + style("(inlined)", "magenta")
         text = f"{index}{address} in {name}"
         if frame.file is not None:
-            text += f" at {frame.file}:{frame.line}"
+            text += " at " + format_location(frame)
         if frame.module is not None:
             text += " " + style(f"({frame.module_name})", "cyan")
     elif frame.module is not None and frame.offset is not None:

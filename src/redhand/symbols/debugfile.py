@@ -5,6 +5,10 @@
 2. By the .gnu_debuglink name, in the binary's own directory, its
    ``.debug`` subdirectory, then ``{debug_dir}/{the binary's directory}``.
 
+3. Last, from a debuginfod server by build-id (:mod:`redhand.symbols.debuginfod`),
+   when ``DEBUGINFOD_URLS`` names one (or the caller says so), through its
+   cache.
+
 A candidate is accepted only when it is the right file: its build-id equals
 the binary's, or, when one of them has none, its CRC32 equals the one stored
 in .gnu_debuglink.
@@ -13,6 +17,7 @@ in .gnu_debuglink.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 
 from redhand.elf import ElfFile
@@ -27,14 +32,20 @@ def debug_file_candidates(
     debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
     *,
     origin_path: str | None = None,
+    debuginfod: bool | None = None,
 ) -> list[tuple[str, str]]:
-    """Where to look, in order: ``(path, "build-id" or "debuglink")`` pairs.
+    """Where to look, in order: ``(path, "build-id", "debuglink" or "debuginfod")`` pairs.
 
     ``origin_path`` is the binary's path as the process saw it (from
     /proc/PID/maps or a core's NT_FILE); ``file_path`` where it can be read
     now, which may be a /proc/PID/map_files/... link whose directory means
     nothing.  The debuglink directories come from ``origin_path`` when given,
     then from the real path ``file_path`` resolves to, if that differs.
+
+    With debuginfod on (``debuginfod``; None: when ``DEBUGINFOD_URLS`` is
+    set), the last pair is the file's place in the debuginfod cache, unless a
+    recent miss is remembered there: a cached symbol index built before a
+    download, or before a miss expired, is then stale.
     """
     candidates: list[tuple[str, str]] = []
     build_id = elf.build_id
@@ -60,7 +71,19 @@ def debug_file_candidates(
             for debug_dir in debug_dirs:
                 path = os.path.join(debug_dir, directory.lstrip(os.sep), name)
                 candidates.append((path, "debuglink"))
+    if build_id and _debuginfod_on(debuginfod):
+        from redhand.symbols import debuginfod as client
+
+        path = client.cache_path(build_id)
+        if not client.recent_miss(path):
+            candidates.append((path, "debuginfod"))
     return candidates
+
+
+def _debuginfod_on(debuginfod: bool | None) -> bool:
+    if debuginfod is None:
+        return bool(os.environ.get("DEBUGINFOD_URLS", "").strip())
+    return debuginfod
 
 
 def find_debug_file(
@@ -70,15 +93,22 @@ def find_debug_file(
     *,
     origin_path: str | None = None,
     tried: list[str] | None = None,
+    debuginfod: bool | None = None,
 ) -> ElfFile | None:
     """The opened separate debug file of ``elf``, or None; the caller closes it.
 
     ``file_path`` is where the binary is on disk, ``origin_path`` the path the
     process saw (see :func:`debug_file_candidates`).  ``tried``, when given,
     collects one line per candidate that exists but was rejected, and why.
+
+    When no local candidate is right and debuginfod is on (``debuginfod``;
+    None: when ``DEBUGINFOD_URLS`` is set), the file is fetched by build-id
+    (with a progress bar when stderr is a terminal), as the last resort.
     """
     try:
-        candidates = debug_file_candidates(elf, file_path, debug_dirs, origin_path=origin_path)
+        candidates = debug_file_candidates(
+            elf, file_path, debug_dirs, origin_path=origin_path, debuginfod=False
+        )
         build_id = elf.build_id
         link = elf.debuglink
     except ElfError as exc:
@@ -111,6 +141,39 @@ def find_debug_file(
         candidate.close()
         if tried is not None:
             tried.append(f"{path} ({how}): {problem}")
+    if build_id and _debuginfod_on(debuginfod):
+        return _from_debuginfod(build_id, tried)
+    return None
+
+
+def _from_debuginfod(build_id: str, tried: list[str] | None) -> ElfFile | None:
+    """The debug file of ``build_id`` from a debuginfod server (or its cache), opened."""
+    from redhand.symbols import debuginfod as client
+
+    problems: list[str] = []
+    description = f"debuginfod {build_id[:12]}"
+    on_terminal = sys.stderr is not None and sys.stderr.isatty()
+    with client.terminal_progress(description, enabled=on_terminal) as progress:
+        path = client.fetch_debuginfo(build_id, progress=progress, problems=problems)
+    if tried is not None:
+        tried.extend(problems)
+    if path is None:
+        return None
+    try:
+        candidate = ElfFile.open(path)
+    except (ElfError, FileNotFound) as exc:
+        if tried is not None:
+            tried.append(f"{path}: {exc}")
+        return None
+    try:
+        problem = _mismatch(candidate, "debuginfod", build_id, None)
+    except ElfError as exc:
+        problem = exc.message
+    if problem is None:
+        return candidate
+    candidate.close()
+    if tried is not None:
+        tried.append(f"{path} (debuginfod): {problem}")
     return None
 
 
@@ -123,7 +186,7 @@ def _mismatch(
         if theirs != build_id:
             return f"build-id {theirs} does not match {build_id}"
         return None
-    if how == "build-id":
+    if how in ("build-id", "debuginfod"):
         return "has no build-id" if build_id else "no build-id to compare"
     if link is None:
         return "no debuglink CRC to compare"

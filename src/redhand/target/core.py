@@ -335,6 +335,8 @@ def open_core(
     debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
     *,
     progress: ProgressCallback | None = None,
+    source: bool = True,
+    inline: bool = True,
 ) -> CoreTarget:
     """Read the core file at ``path`` (plain, .zst, .gz or .xz) as a :class:`Target`.
 
@@ -342,7 +344,9 @@ def open_core(
     core is gone or elsewhere; ``sysroot`` a directory under which the
     core's files are looked for (a copy of another machine's files);
     ``debug_dirs`` where separate debug files are looked for.  ``progress``
-    is called as a compressed core is decompressed.
+    is called as a compressed core is decompressed.  ``source`` gives frames
+    file:line:column from DWARF (through drgn) and ``inline`` the calls
+    inlined at each pc as frames of their own.
 
     What could not be read is said in ``target.warnings``; the target
     holds everything that could.  Raises ElfError (NotACore, UnsupportedElf)
@@ -374,6 +378,8 @@ def open_core(
         elf.close()
         raise
     target.timings["open"] = time.perf_counter() - started
+    target.source_lines = source
+    target.inline = inline
     return target
 
 

@@ -32,15 +32,22 @@ def attach(
     threads: Collection[int] | None = None,
     stack_bytes: int = DEFAULT_STACK_BYTES,
     debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
+    source: bool = True,
+    inline: bool = True,
 ) -> Target:
     """Capture a live process and return it as a :class:`Target`.
 
     The process is frozen while registers and stack bytes are copied, then
     resumes; ``target.frozen_ns`` says for how long.  ``threads`` limits the
     capture to some tids; ``stack_bytes`` bounds the bytes copied per thread.
+    ``source`` gives frames file:line:column from DWARF (through drgn) and
+    ``inline`` the calls inlined at each pc as frames of their own.
     """
     snapshot = freeze(pid, stack_bytes=stack_bytes, tids=threads)
-    return target_from_snapshot(snapshot, debug_dirs=debug_dirs)
+    target = target_from_snapshot(snapshot, debug_dirs=debug_dirs)
+    target.source_lines = source
+    target.inline = inline
+    return target
 
 
 def target_from_snapshot(

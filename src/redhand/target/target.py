@@ -11,6 +11,7 @@ import bisect
 import time
 from collections.abc import Sequence
 
+from redhand.symbols.perfmap import PerfMap
 from redhand.target.memory import Memory
 from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
 from redhand.target.module import Module, ModuleMap
@@ -19,6 +20,7 @@ from redhand.unwind.unwinder import RawFrame, Unwinder
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from redhand.analysis.crash import Crash
+    from redhand.symbols.dwarf import SourceLines, SourceLocation
     from redhand.target.corenotes import ProcessInfo
     from redhand.target.signals import SignalInfo
 
@@ -103,6 +105,7 @@ class Target:
         self.timings: dict[str, float] = dict(timings or {})
         """Seconds spent in each phase (freeze, unwind, symbols, ...)."""
         self.threads: list[Thread] = []
+        self._perf_maps: list[PerfMap | None] = []
         self._crash: Crash | None = None
         self._classified = False
         self.process: ProcessInfo | None = None
@@ -112,6 +115,12 @@ class Target:
             tuple[int, int], tuple[str | None, int | None, str | None, str | None, bool]
         ] = {}
         self._unwinder = Unwinder(memory, self.modules.find, self.is_executable)
+        self.source_lines = True
+        """Whether frames get file:line:column from DWARF (through drgn), when there is DWARF."""
+        self.inline = True
+        """Whether inlined calls become frames of their own (only with ``source_lines``)."""
+        self._dwarf: SourceLines | None = None
+        self._located: dict[int, list[SourceLocation] | None] = {}
 
     def __repr__(self) -> str:
         return f"<Target {self.source} pid={self.pid} threads={len(self.threads)}>"
@@ -182,7 +191,9 @@ class Target:
             if deep is not None:
                 return deep
         started = time.perf_counter()
-        frames = [self.symbolize(frame, index) for index, frame in enumerate(raw)]
+        frames: list[Frame] = []
+        for frame in raw:
+            frames += self._frames(frame, len(frames))
         self._add_time("symbols", started)
         return Backtrace(frames, end, detail)
 
@@ -196,6 +207,11 @@ class Target:
         if named is None:
             named = self._named[key] = self._name(pc, lookup_pc)
         function, offset, module, build_id, exact = named
+        file = line = column = None
+        if self.source_lines and module is not None:
+            locations = self._locate(lookup_pc)
+            if locations:
+                file, line, column = locations[-1][1:]
         return Frame(
             index,
             pc,
@@ -205,14 +221,74 @@ class Target:
             offset,
             module,
             build_id,
-            None,
-            None,
-            None,
+            file,
+            line,
+            column,
             False,
             exact,
             raw.signal_frame,
             raw.trampoline,
         )
+
+    def _frames(self, raw: RawFrame, index: int) -> list[Frame]:
+        """The frames at one physical frame: the calls inlined there (innermost first), then it."""
+        if not (self.source_lines and self.inline):
+            return [self.symbolize(raw, index)]
+        locations = self._locate(raw.lookup_pc)
+        if locations is None or len(locations) < 2:
+            return [self.symbolize(raw, index)]
+        named = self._named.get((raw.pc, raw.lookup_pc))
+        if named is None:
+            named = self._named[(raw.pc, raw.lookup_pc)] = self._name(raw.pc, raw.lookup_pc)
+        _, _, module, build_id, _ = named
+        frames = [
+            Frame(
+                index + position,
+                raw.pc,
+                raw.sp,
+                raw.trust,
+                location.function,
+                None,
+                module,
+                build_id,
+                location.file,
+                location.line,
+                location.column,
+                True,
+                True,
+                raw.signal_frame,
+                False,
+            )
+            for position, location in enumerate(locations[:-1])
+        ]
+        frames.append(self.symbolize(raw, index + len(frames)))
+        return frames
+
+    def _locate(self, address: int) -> list[SourceLocation] | None:
+        """The DWARF source locations at ``address``, innermost first (cached per address)."""
+        if address in self._located:
+            return self._located[address]
+        module = self.modules.find(address)
+        located = None
+        if module is not None:
+            if self._dwarf is None:
+                from redhand.symbols.dwarf import SourceLines
+
+                self._dwarf = SourceLines()
+            started = time.perf_counter()
+            located = self._dwarf.locate(module, address)
+            self._add_time("source", started)
+            if self._dwarf.problem is not None and self._dwarf.problem not in self.warnings:
+                self.warnings.append(self._dwarf.problem)
+        self._located[address] = located
+        return located
+
+    def _perf_map(self) -> PerfMap | None:
+        """/tmp/perf-PID.map of a live process (node --perf-basic-prof, LuaJIT, JVM agents)."""
+        if not self._perf_maps:
+            found = PerfMap.for_pid(self.pid) if self.source == "live" and self.pid else None
+            self._perf_maps.append(found)
+        return self._perf_maps[0]
 
     def _name(
         self, pc: int, lookup_pc: int
@@ -220,6 +296,11 @@ class Target:
         """(function, offset, module, build-id, exact) for a frame at ``pc``."""
         module = self.modules.find(pc)
         if module is None:
+            # Code with no ELF file behind it: a JIT may name it in a perf map.
+            perf_map = self._perf_map()
+            hit = perf_map.lookup(lookup_pc) if perf_map is not None else None
+            if hit is not None:
+                return hit[0], pc - hit[1], None, None, True
             return None, None, None, None, True
         # A return address points after the call; the call itself (pc - 1) is
         # what lies inside the calling function (it may be a noreturn call at

@@ -1,0 +1,95 @@
+"""Perf maps (/tmp/perf-PID.map): names for JIT code in anonymous memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from helpers import LiveProgram, compile_c
+
+import redhand
+from redhand.symbols.perfmap import PerfMap
+
+
+def test_parse_and_lookup(tmp_path: Path) -> None:
+    path = tmp_path / "perf-1.map"
+    path.write_text(
+        "7f0000001000 40 LazyCompile:*add /app/main.js:3:17\n"
+        "0x7f0000000000 100 Interpreter\n"
+        "garbage line\n"
+        "zz 10 bad start\n"
+        "7f0000002000 10\n"  # no name: skipped
+        "7f0000001000 20 regenerated in place\n"  # a later line for the same start wins
+        "7f0000003000 0 empty\n"
+    )
+    perf = PerfMap(str(path))
+    assert len(perf) == 3
+    assert perf.lookup(0x7F0000000000) == ("Interpreter", 0x7F0000000000, 0x100)
+    assert perf.lookup(0x7F00000000FF) == ("Interpreter", 0x7F0000000000, 0x100)
+    assert perf.lookup(0x7F0000000100) is None
+    assert perf.lookup(0x7F000000101F) == ("regenerated in place", 0x7F0000001000, 0x20)
+    assert perf.lookup(0x7F0000001020) is None
+    assert perf.lookup(0x7F0000003000) == ("empty", 0x7F0000003000, 0)
+    assert perf.lookup(0x1000) is None
+    assert perf.lookup(0xFFFFFFFFFFFFFFFF) is None
+
+
+def test_unreadable_map_is_empty(tmp_path: Path) -> None:
+    perf = PerfMap(str(tmp_path / "missing.map"))
+    assert perf.lookup(0x1000) is None
+    assert perf.error is not None and "missing.map" in perf.error
+    assert PerfMap.for_pid(2**22 + 7) is None
+
+
+def _jit_region(pid: int) -> tuple[int, int]:
+    """The program's anonymous read-write-execute page (the JIT code), from /proc/PID/maps."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "rwxp" and len(fields) == 5:
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            return start, end
+    raise AssertionError("no anonymous executable mapping")
+
+
+@contextlib.contextmanager
+def jit_program(build_dir: Path) -> Iterator[LiveProgram]:
+    binary = compile_c("jit_perfmap.c", build_dir, ["-O1", "-g", "-fno-omit-frame-pointer"])
+    program = LiveProgram([binary])
+    try:
+        with program:
+            yield program
+    finally:
+        if program.process is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/tmp/perf-{program.pid}.map")
+
+
+def test_map_of_a_live_jit_program(build_dir: Path) -> None:
+    with jit_program(build_dir) as program:
+        start, _end = _jit_region(program.pid)
+        perf = PerfMap.for_pid(program.pid)
+        assert perf is not None
+        assert perf.lookup(start + 5) == ("jit_trampoline [JIT] tier 1", start, 14)
+        assert perf.lookup(start + 256) == ("LazyCompile:*unused /app/x.js:1", start + 256, 14)
+        assert perf.lookup(start + 14) is None
+        # The unwinder gets through the JIT frame by its frame pointer.
+        with redhand.attach(program.pid) as target:
+            backtrace = target.threads[0].backtrace()
+        jit = [frame for frame in backtrace if start <= frame.pc < start + 4096]
+        assert len(jit) == 1, backtrace
+        assert jit[0].module is None
+        names = [frame.function for frame in backtrace]
+        assert "blocker" in names and "main" in names, names
+        assert names.index("blocker") < backtrace.index(jit[0]) < names.index("main")
+
+
+def test_jit_frame_named_from_the_perf_map(build_dir: Path) -> None:
+    with jit_program(build_dir) as program:
+        start, _end = _jit_region(program.pid)
+        with redhand.attach(program.pid) as target:
+            backtrace = target.threads[0].backtrace()
+        jit = next(frame for frame in backtrace if start <= frame.pc < start + 4096)
+        assert jit.function == "jit_trampoline [JIT] tier 1"
+        assert jit.offset == jit.pc - start
