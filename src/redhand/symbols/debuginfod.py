@@ -33,11 +33,10 @@ import os
 import re
 import socket
 import stat
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from redhand import cache
 
@@ -391,44 +390,13 @@ def _download(
                     os.unlink(temporary)
 
 
-@contextlib.contextmanager
 def terminal_progress(
     description: str, *, enabled: bool | None = None
-) -> Iterator[ProgressCallback | None]:
-    """A progress bar on stderr for a download, as a callback; None when off.
+) -> contextlib.AbstractContextManager[ProgressCallback | None]:
+    """A progress bar on stderr for a download (see :mod:`redhand.report.progress`)."""
+    from redhand.report.progress import terminal_progress as bar
 
-    ``enabled`` defaults to whether stderr is a terminal.  The bar appears
-    with the first bytes and disappears when the download ends.
-    """
-    if enabled is None:
-        enabled = sys.stderr is not None and sys.stderr.isatty()
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-
-    bar = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task: list[object] = []
-
-    def update(done: int, total: int | None) -> None:
-        if not task:
-            bar.start()
-            task.append(bar.add_task(description, total=total))
-        bar.update(task[0], completed=done, total=total)  # type: ignore[arg-type]
-
-    try:
-        yield update
-    finally:
-        if task:
-            bar.stop()
+    return bar(description, enabled=enabled)
 
 
 __all__ = [

@@ -16,7 +16,7 @@ import contextlib
 import mmap
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from redhand.errors import ElfError
 
@@ -277,44 +277,17 @@ def decompress(
             sink.close()
 
 
-@contextlib.contextmanager
 def terminal_progress(
     description: str, *, enabled: bool = True, threshold: int = 64 << 20
-) -> Iterator[ProgressCallback | None]:
-    """A progress bar on stderr for a decompression, as a callback; None when off.
+) -> contextlib.AbstractContextManager[ProgressCallback | None]:
+    """A progress bar on stderr for a decompression (see :mod:`redhand.report.progress`).
 
     Shown only when ``enabled`` (the CLI passes whether stderr is a terminal)
     and the compressed file is at least ``threshold`` bytes.
     """
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from redhand.report.progress import terminal_progress as bar
 
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task: list[object] = []
-
-    def update(done: int, total: int) -> None:
-        if total < threshold:
-            return
-        if not task:
-            progress.start()
-            task.append(progress.add_task(description, total=total))
-        progress.update(task[0], completed=done)  # type: ignore[arg-type]
-
-    try:
-        yield update
-    finally:
-        if task:
-            progress.stop()
+    return bar(description, enabled=enabled, threshold=threshold)
 
 
 __all__ = [
