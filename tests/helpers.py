@@ -81,6 +81,7 @@ PREREQUISITES = (
         "rustc", "install Rust from https://rustup.rs (or apt-get install rustc)", "rustc"
     ),
     Prerequisite("ocamlopt", "apt-get install ocaml-nox", "ocamlopt"),
+    Prerequisite("debuginfod", "apt-get install debuginfod", "debuginfod"),
     Prerequisite("ptrace", "(ptrace_problem says what to do)"),
 )
 

@@ -232,9 +232,7 @@ def _binary(programs: dict[str, Path], name: str) -> str:
     if name in ("libc", "libstdc++", "ld.so"):
         path = {"libc": LIBC, "libstdc++": LIBSTDCXX, "ld.so": LD_SO}[name]
         if not Path(path).exists():
-            if name == "libstdc++":
-                pytest.skip("libstdc++ is not installed")
-            pytest.fail(f"{path} is missing")
+            pytest.fail(f"{path} is missing (g++ installs libstdc++)")
         return path
     if name not in programs:
         tool = {"rust": "rustc", "ocaml": "ocamlopt"}.get(name, name)

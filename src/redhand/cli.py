@@ -105,10 +105,53 @@ def _pid(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
 
 
-_SCAN_HELP = (
-    "after the backtraces, every plausible return address on each thread's stack, "
-    "with why it was accepted or rejected (forensics of broken stacks)"
-)
+def _add_report_options(command: argparse.ArgumentParser, *, source_default: bool) -> None:
+    """The options every command that prints backtraces shares."""
+    command.add_argument("--json", action="store_true", help="print the JSON document (version 1)")
+    command.add_argument(
+        "--no-group", action="store_true", help="show every thread, even with identical stacks"
+    )
+    command.add_argument(
+        "--max-frames",
+        type=_positive,
+        metavar="N",
+        help="show at most N frames per thread and say how many were left out "
+        "(of a recursion: N at each end; default 10)",
+    )
+    command.add_argument(
+        "--all-frames",
+        action="store_true",
+        help="show every frame, even the repeated cycles of a deep recursion",
+    )
+    command.add_argument(
+        "--debug-dir",
+        dest="debug_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="look for separate debug files here too (repeatable; /usr/lib/debug is searched)",
+    )
+    command.add_argument(
+        "--scan",
+        action="store_true",
+        help="after the backtraces, every plausible return address on each thread's stack, "
+        "with why it was accepted or rejected (forensics of broken stacks)",
+    )
+    # Source lines are off by default for `stack`: drgn indexing libc's debug
+    # information doubled the command's time (80 to 150 ms), and `stack` is the
+    # quick look.  On for `core`, whose report is read at leisure.
+    command.add_argument(
+        "--source",
+        action=argparse.BooleanOptionalAction,
+        default=source_default,
+        help="file:line:column of each frame and the calls inlined there, from DWARF "
+        f"through drgn (default: {'on' if source_default else 'off'})",
+    )
+    command.add_argument(
+        "--no-inline",
+        action="store_true",
+        help="do not show the calls inlined at a pc as frames of their own",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,10 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     stack.add_argument("pid", type=_pid, metavar="PID")
-    stack.add_argument("--json", action="store_true", help="print the JSON document (version 1)")
-    stack.add_argument(
-        "--no-group", action="store_true", help="show every thread, even with identical stacks"
-    )
+    _add_report_options(stack, source_default=False)
     stack.add_argument(
         "-t",
         "--thread",
@@ -148,27 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this thread (repeatable)",
     )
     stack.add_argument(
-        "--max-frames",
-        type=_positive,
-        metavar="N",
-        help="show at most N frames per thread and say how many were left out "
-        "(of a recursion: N at each end; default 10)",
-    )
-    stack.add_argument(
-        "--all-frames",
-        action="store_true",
-        help="show every frame, even the repeated cycles of a deep recursion",
-    )
-    stack.add_argument(
         "--timing", action="store_true", help="show how long the freeze and each phase took"
-    )
-    stack.add_argument(
-        "--debug-dir",
-        dest="debug_dirs",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="look for separate debug files here too (repeatable; /usr/lib/debug is searched)",
     )
     stack.add_argument(
         "--stack-bytes",
@@ -176,22 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=1 << 20,
         metavar="N",
         help="bytes of each thread's stack copied while the process is frozen (default 1 MiB)",
-    )
-    stack.add_argument("--scan", action="store_true", help=_SCAN_HELP)
-    stack.add_argument(
-        "--source",
-        action=argparse.BooleanOptionalAction,
-        # Off by default for `stack`: drgn indexing libc's debug information
-        # doubled the command's time (80 to 150 ms), and `stack` is the quick
-        # look.  On for `core`, whose report is read at leisure.
-        default=False,
-        help="file:line:column of each frame and the calls inlined there, from DWARF "
-        "through drgn (default: off; on for `redhand core`)",
-    )
-    stack.add_argument(
-        "--no-inline",
-        action="store_true",
-        help="do not show the calls inlined at a pc as frames of their own",
     )
     stack.set_defaults(run=run_stack)
 
@@ -217,42 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="find the executable and libraries under DIR (a core from another machine)",
     )
-    core.add_argument(
-        "--debug-dir",
-        dest="debug_dirs",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="look for separate debug files here too (repeatable; /usr/lib/debug is searched)",
-    )
-    core.add_argument("--json", action="store_true", help="print the JSON document (version 1)")
-    core.add_argument(
-        "--no-group", action="store_true", help="show every thread, even with identical stacks"
-    )
-    core.add_argument(
-        "--max-frames",
-        type=_positive,
-        metavar="N",
-        help="show at most N frames per thread and say how many were left out "
-        "(of a recursion: N at each end; default 10)",
-    )
-    core.add_argument(
-        "--all-frames",
-        action="store_true",
-        help="show every frame, even the repeated cycles of a deep recursion",
-    )
-    core.add_argument("--scan", action="store_true", help=_SCAN_HELP)
-    core.add_argument(
-        "--source",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="file:line:column of each frame from DWARF, through drgn (default: on)",
-    )
-    core.add_argument(
-        "--no-inline",
-        action="store_true",
-        help="do not show the calls inlined at a pc as frames of their own",
-    )
+    _add_report_options(core, source_default=True)
     core.set_defaults(run=run_core)
     return parser
 

@@ -139,10 +139,15 @@ def summarise(addresses: Sequence[int]) -> Summary:
 # -- gdb ----------------------------------------------------------------------------
 
 
-def _executable_ranges(gdb: object) -> list[tuple[int, int]]:
-    """Executable mappings of the inferior, from ``info proc mappings`` (live or core)."""
+def _mappings_text(gdb: object) -> str:
+    """``info proc mappings`` of the inferior (live or core), read once per command."""
     execute = gdb.execute  # type: ignore[attr-defined]
-    text = execute("info proc mappings", to_string=True)
+    text: str = execute("info proc mappings", to_string=True)
+    return text
+
+
+def _executable_ranges(text: str) -> list[tuple[int, int]]:
+    """Executable mappings, from the text of ``info proc mappings``."""
     ranges: list[tuple[int, int]] = []
     for line in text.splitlines():
         fields = line.split()
@@ -173,15 +178,15 @@ def _ranges(text: str, separator: str | None) -> list[tuple[int, int]]:
     return found
 
 
-def _stack_end(gdb: object, sp: int) -> int:
+def _stack_end(gdb: object, sp: int, mappings: str) -> int:
     """The end of the memory that holds ``sp`` (the top of that stack).
 
-    From ``info proc mappings`` for a live process; a core's anonymous
+    From ``info proc mappings`` (``mappings``) for a live process; a core's anonymous
     mappings are not there, but its segments are in ``info files``.
     Adjacent segments are joined: the kernel may split a stack in several.
     """
     execute = gdb.execute  # type: ignore[attr-defined]
-    ranges = _ranges(execute("info proc mappings", to_string=True), None)
+    ranges = _ranges(mappings, None)
     with contextlib.suppress(Exception):  # not every gdb target has files to list
         ranges += _ranges(execute("info files", to_string=True), None)
     end = None
@@ -254,7 +259,8 @@ def run_scan(gdb: object, argument: str, show_all: bool) -> None:
         address = _register(gdb, "rsp")
     read = _reader(gdb)
     data = _read_stack(read, address, address + words * 8)
-    found = scan_words(data, address, _executable_ranges(gdb), read, keep_rejected=show_all)
+    ranges = _executable_ranges(_mappings_text(gdb))
+    found = scan_words(data, address, ranges, read, keep_rejected=show_all)
     accepted = sum(candidate.accepted for candidate in found)
     count = len(data) // 8
     print(f"redhand-scan: {count} words from {address:#x}: {accepted} plausible return addresses")
@@ -270,9 +276,10 @@ def run_recursion(gdb: object, top_bottom: int = 10) -> None:
     sp = _register(gdb, "rsp")
     pc = _register(gdb, "rip")
     read = _reader(gdb)
-    end = min(_stack_end(gdb, sp), sp + RECURSION_LIMIT_BYTES)
+    mappings = _mappings_text(gdb)
+    end = min(_stack_end(gdb, sp, mappings), sp + RECURSION_LIMIT_BYTES)
     data = _read_stack(read, sp, end)
-    found = scan_words(data, sp, _executable_ranges(gdb), read)
+    found = scan_words(data, sp, _executable_ranges(mappings), read)
     addresses = [pc] + [candidate.value for candidate in found]
     summary = summarise(addresses)
     print(

@@ -448,6 +448,55 @@ class SymbolTable:
 _UNSET: object = object()
 
 
+@contextlib.contextmanager
+def open_regular_file(
+    path: str,
+    name: str,
+    *,
+    what: str = "an ELF file",
+    permission_hint: str = "run as a user who can read it",
+    empty_message: str = "not an ELF file (the file is empty)",
+    empty_hint: str | None = None,
+    missing_hint: str | None = None,
+) -> Iterator[int]:
+    """A read-only descriptor of a regular, non-empty file, closed on leaving.
+
+    Every way of not being one (missing, a directory, unreadable, a FIFO, empty)
+    becomes one FileNotFound or ElfError naming ``name``.  A FIFO is opened
+    non-blocking so that it cannot hang the caller.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileNotFound(name, hint=missing_hint) from None
+    except IsADirectoryError:
+        raise ElfError(name, f"is a directory, not {what}") from None
+    except PermissionError:
+        raise ElfError(name, "cannot open: permission denied", hint=permission_hint) from None
+    except OSError as exc:
+        raise ElfError(name, f"cannot open: {os.strerror(exc.errno or 0)}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ElfError(name, f"is a directory, not {what}")
+        if not stat.S_ISREG(info.st_mode):
+            raise ElfError(name, "is not a regular file")
+        if info.st_size == 0:
+            raise ElfError(name, empty_message, hint=empty_hint)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def map_descriptor(fd: int, name: str) -> mmap.mmap:
+    """The whole file read-only in memory (the mapping keeps the file open by itself)."""
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else exc
+        raise ElfError(name, f"cannot map the file: {reason}") from None
+
+
 class ElfFile:
     """An x86_64 ELF64 little-endian file: executable, shared object, core or object file.
 
@@ -498,33 +547,8 @@ class ElfFile:
         ELF64 little-endian.
         """
         name = display_path or path
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except FileNotFoundError:
-            raise FileNotFound(name) from None
-        except IsADirectoryError:
-            raise ElfError(name, "is a directory, not an ELF file") from None
-        except PermissionError:
-            raise ElfError(
-                name, "cannot open: permission denied", hint="run as a user who can read it"
-            ) from None
-        except OSError as exc:
-            raise ElfError(name, f"cannot open: {os.strerror(exc.errno or 0)}") from None
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISDIR(info.st_mode):
-                raise ElfError(name, "is a directory, not an ELF file")
-            if not stat.S_ISREG(info.st_mode):
-                raise ElfError(name, "is not a regular file")
-            if info.st_size == 0:
-                raise ElfError(name, "not an ELF file (the file is empty)")
-            try:
-                data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as exc:
-                reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else exc
-                raise ElfError(name, f"cannot map the file: {reason}") from None
-        finally:
-            os.close(fd)  # the mapping keeps the file open (mmap holds its own descriptor)
+        with open_regular_file(path, name) as fd:
+            data = map_descriptor(fd, name)
         try:
             return cls(data, name=name)
         except BaseException:

@@ -31,6 +31,7 @@ from redhand.errors import (
 )
 from redhand.proc._record import Record
 from redhand.target.model import USER_REGS_FIELDS, Registers
+from redhand.target.signals import SignalInfo
 
 # -- constants (<sys/ptrace.h>, <linux/ptrace.h>, <linux/elf.h>, <sys/wait.h>) --
 
@@ -236,46 +237,18 @@ def get_registers(tid: int) -> Registers:
     return Registers.from_user_regs(list(words))
 
 
-class SigInfo(Record):
-    """The common fields of a siginfo_t.
-
-    ``addr`` is the fault address for SIGSEGV, SIGBUS, SIGILL, SIGFPE and
-    SIGTRAP; ``pid`` and ``uid`` are the sender for kill(), sigqueue() and
-    SIGCHLD.  Which one is meaningful depends on ``signo`` and ``code``;
-    ``raw`` holds all 128 bytes.
-    """
-
-    __slots__ = ("addr", "code", "errno", "pid", "raw", "signo", "uid")
-
-    def __init__(
-        self, signo: int, errno: int, code: int, addr: int, pid: int, uid: int, raw: bytes
-    ) -> None:
-        self.signo = signo
-        self.errno = errno
-        self.code = code
-        self.addr = addr
-        self.pid = pid
-        self.uid = uid
-        self.raw = raw
+# The siginfo_t of a ptrace stop is the same structure as a core's NT_SIGINFO:
+# one decoder for both.
+SigInfo = SignalInfo
 
 
-_SIGINFO_HEAD = struct.Struct("<iii4xQ")
-_SIGINFO_KILL = struct.Struct("<iI")
-
-
-def parse_siginfo(raw: bytes) -> SigInfo:
-    signo, err, code, addr = _SIGINFO_HEAD.unpack_from(raw)
-    sender, uid = _SIGINFO_KILL.unpack_from(raw, 16)
-    return SigInfo(signo, err, code, addr, sender, uid, bytes(raw))
-
-
-def get_siginfo(tid: int) -> SigInfo:
+def get_siginfo(tid: int) -> SignalInfo:
     """PTRACE_GETSIGINFO: the signal that caused the current stop."""
     buf = ctypes.create_string_buffer(_SIGINFO_SIZE)
     _check(
         raw_ptrace(PTRACE_GETSIGINFO, tid, None, ctypes.addressof(buf)), tid, "PTRACE_GETSIGINFO"
     )
-    return parse_siginfo(buf.raw)
+    return SignalInfo.from_bytes(buf.raw)
 
 
 class SyscallInfo(Record):

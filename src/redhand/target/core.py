@@ -32,13 +32,13 @@ import bisect
 import contextlib
 import mmap
 import os
-import stat
 import struct
 import time
 from collections.abc import Callable, Sequence
 
 from redhand.elf import ElfFile
 from redhand.elf import constants as c
+from redhand.elf.file import map_descriptor, open_regular_file
 from redhand.errors import ElfError, FileNotFound, MemoryReadError, RedhandError
 from redhand.target.corenotes import (
     AT_ENTRY,
@@ -248,51 +248,25 @@ def _open_core_file(
     path: str, progress: ProgressCallback | None
 ) -> tuple[ElfFile, mmap.mmap, str | None, str | None]:
     """The core's ElfFile, its mapped bytes, its compression and a warning from decompression."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise FileNotFound(path, hint="give the path of a core file") from None
-    except IsADirectoryError:
-        raise ElfError(path, "is a directory, not a core file") from None
-    except PermissionError:
-        raise ElfError(
-            path,
-            "cannot open: permission denied",
-            hint="cores are often readable only by root or their owner (sudo, or the file mode)",
-        ) from None
-    except OSError as error:
-        raise ElfError(path, f"cannot open: {os.strerror(error.errno or 0)}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ElfError(path, "is a directory, not a core file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ElfError(path, "is not a regular file")
-        if info.st_size == 0:
-            raise ElfError(
-                path,
-                "the file is empty, not a core",
-                hint="a core of size 0 usually means the core size limit was 0 (ulimit -c) "
-                "or the disk was full when it was written",
-            )
-        head = os.pread(fd, 8, 0)
-        kind = detect_compression(head)
+    with open_regular_file(
+        path,
+        path,
+        what="a core file",
+        permission_hint=(
+            "cores are often readable only by root or their owner (sudo, or the file mode)"
+        ),
+        empty_message="the file is empty, not a core",
+        empty_hint="a core of size 0 usually means the core size limit was 0 (ulimit -c) "
+        "or the disk was full when it was written",
+        missing_hint="give the path of a core file",
+    ) as fd:
+        kind = detect_compression(os.pread(fd, 8, 0))
         if kind is None:
-            try:
-                data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as error:
-                reason = (
-                    os.strerror(error.errno)
-                    if isinstance(error, OSError) and error.errno
-                    else error
-                )
-                raise ElfError(path, f"cannot map the file: {reason}") from None
+            data = map_descriptor(fd, path)
             warning = None
         else:
             result = decompress(path, kind, progress=progress)
             data, warning = result.data, result.warning
-    finally:
-        os.close(fd)
     try:
         elf = ElfFile(data, name=path)
     except ElfError as error:
