@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_stack(args: argparse.Namespace) -> int:
     from redhand.report.stack import build_stack_report, render_stack_json, render_stack_text
-    from redhand.target.live import DEFAULT_DEBUG_DIRS, attach
+    from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
+    from redhand.target.live import attach
 
     started = time.perf_counter()
     debug_dirs = tuple(dict.fromkeys((*args.debug_dirs, *DEFAULT_DEBUG_DIRS)))
@@ -269,9 +270,9 @@ def run_stack(args: argparse.Namespace) -> int:
 
 def run_core(args: argparse.Namespace) -> int:
     from redhand.report.core import build_core_report, render_core_json, render_core_text
+    from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
     from redhand.target.core import open_core
     from redhand.target.decompress import terminal_progress
-    from redhand.target.live import DEFAULT_DEBUG_DIRS
 
     debug_dirs = tuple(dict.fromkeys((*args.debug_dirs, *DEFAULT_DEBUG_DIRS)))
     on_terminal = sys.stderr.isatty()

@@ -124,23 +124,9 @@ def find_debug_file(
         identity = _identity(path)
         if identity is None or identity == own:
             continue  # missing, or the binary itself
-        try:
-            candidate = ElfFile.open(path)
-        except FileNotFound:
-            continue
-        except ElfError as exc:
-            if tried is not None:
-                tried.append(f"{path}: {exc.message}")
-            continue
-        try:
-            problem = _mismatch(candidate, how, build_id, link)
-        except ElfError as exc:
-            problem = exc.message
-        if problem is None:
-            return candidate
-        candidate.close()
-        if tried is not None:
-            tried.append(f"{path} ({how}): {problem}")
+        found = _open_verified(path, how, build_id, link, tried)
+        if found is not None:
+            return found
     if build_id and _debuginfod_on(debuginfod):
         return _from_debuginfod(build_id, tried)
     return None
@@ -159,21 +145,33 @@ def _from_debuginfod(build_id: str, tried: list[str] | None) -> ElfFile | None:
         tried.extend(problems)
     if path is None:
         return None
+    return _open_verified(path, "debuginfod", build_id, None, tried)
+
+
+def _open_verified(
+    path: str, how: str, build_id: str | None, link: tuple[str, int] | None, tried: list[str] | None
+) -> ElfFile | None:
+    """``path`` opened if it is the debug file wanted (build-id or debuglink CRC), else None.
+
+    A missing file is silently None; any other refusal is noted in ``tried``.
+    """
     try:
         candidate = ElfFile.open(path)
-    except (ElfError, FileNotFound) as exc:
+    except FileNotFound:
+        return None
+    except ElfError as exc:
         if tried is not None:
-            tried.append(f"{path}: {exc}")
+            tried.append(f"{path}: {exc.message}")
         return None
     try:
-        problem = _mismatch(candidate, "debuginfod", build_id, None)
+        problem = _mismatch(candidate, how, build_id, link)
     except ElfError as exc:
         problem = exc.message
     if problem is None:
         return candidate
     candidate.close()
     if tried is not None:
-        tried.append(f"{path} (debuginfod): {problem}")
+        tried.append(f"{path} ({how}): {problem}")
     return None
 
 

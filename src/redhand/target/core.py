@@ -40,6 +40,7 @@ from redhand.elf import ElfFile
 from redhand.elf import constants as c
 from redhand.elf.file import map_descriptor, open_regular_file
 from redhand.errors import ElfError, FileNotFound, MemoryReadError, RedhandError
+from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
 from redhand.target.corenotes import (
     AT_ENTRY,
     AT_EXECFN,
@@ -52,10 +53,8 @@ from redhand.target.corenotes import (
 )
 from redhand.target.decompress import ProgressCallback, decompress, detect_compression
 from redhand.target.model import Mapping
-from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings
+from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings, vdso_module
 from redhand.target.target import Target, Thread
-
-DEFAULT_DEBUG_DIRS: tuple[str, ...] = ("/usr/lib/debug",)
 
 VSYSCALL = "[vsyscall]"
 VSYSCALL_START = 0xFFFFFFFFFF600000  # fixed on x86_64 (legacy vsyscall page)
@@ -785,14 +784,7 @@ def _modules(
     ]
     for mapping in result:
         if mapping.path == VDSO and mapping.size <= _MAX_VDSO:
-            modules.append(
-                Module(
-                    path=VDSO,
-                    mappings=[mapping],
-                    loader=_vdso_loader(memory, mapping),
-                    debug_dirs=debug_dirs,
-                )
-            )
+            modules.append(vdso_module(mapping, _read_vdso(memory), debug_dirs))
     return ModuleMap(modules), regions, result
 
 
@@ -839,15 +831,16 @@ def _loader(elf_file: ElfFile) -> Callable[[], ElfFile]:
     return load
 
 
-def _vdso_loader(memory: CoreMemory, mapping: Mapping) -> Callable[[], ElfFile]:
-    def load() -> ElfFile:
+def _read_vdso(memory: CoreMemory) -> Callable[[int, int], bytes]:
+    """Reads of the vdso from the core itself (no file holds it)."""
+
+    def read(address: int, size: int) -> bytes:
         try:
-            data = memory.read_core(mapping.start, mapping.size)
+            return memory.read_core(address, size)
         except MemoryReadError as error:
             raise ElfError(VDSO, f"the vdso is not in the core: {error.reason}") from None
-        return ElfFile.from_bytes(data, name=VDSO)
 
-    return load
+    return read
 
 
 __all__ = [

@@ -12,18 +12,24 @@ address it is given).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 
-from redhand.elf import ElfFile
 from redhand.proc.freeze import Snapshot, freeze
 from redhand.proc.ptrace import LiveMemory
+from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
 from redhand.target.memory import RegionMemory
 from redhand.target.model import Mapping
-from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings, live_open_path
+from redhand.target.module import (
+    VDSO,
+    Module,
+    ModuleMap,
+    group_file_mappings,
+    live_open_path,
+    vdso_module,
+)
 from redhand.target.target import Target, Thread
 
 DEFAULT_STACK_BYTES = 1 << 20
-DEFAULT_DEBUG_DIRS: tuple[str, ...] = ("/usr/lib/debug",)
 
 
 def attach(
@@ -103,19 +109,5 @@ def live_modules(
         )
     for mapping in mappings:
         if mapping.path == VDSO:
-            modules.append(
-                Module(
-                    path=VDSO,
-                    mappings=[mapping],
-                    loader=_vdso_loader(live, mapping),
-                    debug_dirs=debug_dirs,
-                )
-            )
+            modules.append(vdso_module(mapping, live.read, debug_dirs))
     return ModuleMap(modules)
-
-
-def _vdso_loader(live: LiveMemory, mapping: Mapping) -> Callable[[], ElfFile]:
-    def load() -> ElfFile:
-        return ElfFile.from_bytes(live.read(mapping.start, mapping.size), name=VDSO)
-
-    return load

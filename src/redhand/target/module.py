@@ -16,6 +16,7 @@ from redhand.elf import ElfFile
 from redhand.elf.constants import PT_LOAD
 from redhand.errors import RedhandError
 from redhand.symbols import ModuleSymbols, SymbolMatch
+from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
 from redhand.target.model import Mapping
 from redhand.unwind.cfi import CfiTable
 
@@ -48,7 +49,7 @@ class Module:
         mappings: list[Mapping],
         open_path: str | None = None,
         loader: Callable[[], ElfFile | None] | None = None,
-        debug_dirs: Sequence[str] = ("/usr/lib/debug",),
+        debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
         problem: str | None = None,
     ) -> None:
         self.path = path
@@ -246,3 +247,18 @@ def live_open_path(pid: int, mapping: Mapping) -> str:
         except OSError:
             pass
     return map_files_path(pid, mapping)
+
+
+def vdso_module(
+    mapping: Mapping, read: Callable[[int, int], bytes], debug_dirs: Sequence[str]
+) -> Module:
+    """The vdso as a module: an ELF image that exists only in the target's memory.
+
+    ``read(address, size)`` gives its bytes (from the live process, or from a
+    core), read when a frame first lands in it.
+    """
+
+    def load() -> ElfFile:
+        return ElfFile.from_bytes(read(mapping.start, mapping.size), name=VDSO)
+
+    return Module(path=VDSO, mappings=[mapping], loader=load, debug_dirs=debug_dirs)
