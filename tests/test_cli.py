@@ -296,3 +296,110 @@ def test_interrupted_command_leaves_the_target_running(workers: LiveProgram) -> 
             for task in Path(f"/proc/{workers.pid}/task").iterdir()
         }
         assert not states & {"t", "T"}, f"attempt {attempt}: threads left stopped: {states}"
+
+
+# -- the fast parser agrees with argparse ----------------------------------------------------
+
+_TOKENS = [
+    "--json", "--no-group", "--all-frames", "--scan", "--source", "--no-source", "--no-inline",
+    "--timing", "--max-frames", "--max-frames=3", "--max-frames=0", "--max-frames=x",
+    "--stack-bytes", "--stack-bytes=65536", "--stack-bytes=0x10000", "-t", "--thread",
+    "--thread=7", "-t5", "--debug-dir", "--debug-dir=/tmp/d", "--exe", "--exe=/bin/true",
+    "--sysroot", "--sysroot=/srv/root", "--json=1", "--jso", "--no-g", "--source=yes", "--",
+    "-", "-h", "--help", "--version", "12", "0x10", "0", "-5", "abc", "core.1", "", "/tmp/d",
+    "3", "--bogus",
+]  # fmt: skip
+
+
+_POSITIONALS = ["12", "0x10", "core.1", "/tmp/core", "0", "-5", "", "abc"]
+_VALUES = ["3", "7", "0", "/tmp/d", "x", "-1"]
+
+
+def _argparse_result(argv: list[str]) -> object:
+    from redhand.cli import Arguments, UsageError, build_parser
+
+    try:
+        return Arguments(**vars(build_parser().parse_args(argv)))
+    except UsageError as error:
+        return error
+    except SystemExit as stop:  # --help, --version
+        return stop
+
+
+def test_fast_parser_agrees_with_argparse(capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever the fast parser accepts, argparse parses to the same values.
+
+    Random command lines from a vocabulary of good and bad options, values
+    and positionals; the fast parser must take the plain ones (or it saves
+    nothing) and leave every odd one to argparse.
+    """
+    import random
+
+    from redhand.cli import fast_parse
+
+    rng = random.Random(20261122)
+    accepted = 0
+    lines = [
+        ["stack", "12"],
+        ["stack", "--json", "12"],
+        ["stack", "12", "--source", "--no-source", "-t", "3", "--thread", "4"],
+        ["stack", "--max-frames", "3", "--debug-dir", "/tmp/d", "--debug-dir=/x", "12"],
+        ["core", "core.1", "--exe", "/bin/true", "--sysroot=/srv", "--no-source"],
+    ]
+    for _ in range(6000):
+        command = rng.choice(["stack", "core", "stack", "bogus"])
+        words = [rng.choice(_POSITIONALS)]
+        for _ in range(rng.randrange(0, 5)):
+            words.append(rng.choice(_TOKENS))
+            if rng.random() < 0.5:
+                words.append(rng.choice(_VALUES))
+        rng.shuffle(words)
+        lines.append([command, *words])
+    for argv in lines:
+        fast = fast_parse(argv)
+        if fast is None:
+            continue
+        accepted += 1
+        assert _argparse_result(argv) == fast, argv
+    capsys.readouterr()  # argparse's help and version output
+    for argv in lines[:5]:
+        assert fast_parse(argv) is not None, argv
+    assert accepted > 400, f"the fast parser took only {accepted} of {len(lines)} lines"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stack"],
+        ["stack", "12", "13"],
+        ["stack", "--max-frames", "0", "12"],
+        ["stack", "--jso", "12"],
+        ["stack", "-t5", "12"],
+        ["stack", "--json=1", "12"],
+        ["stack", "--debug-dir", "--json", "12"],
+        ["stack", "--", "12"],
+        ["stack", "-h"],
+        ["core"],
+        ["--version"],
+        [],
+    ],
+)
+def test_fast_parser_leaves_the_rest_to_argparse(argv: list[str]) -> None:
+    from redhand.cli import fast_parse
+
+    assert fast_parse(argv) is None
+
+
+def test_plain_stack_imports_nothing_it_does_not_need(workers: LiveProgram) -> None:
+    """The modules a plain `redhand stack PID` must not pay for (see the cli module's docstring)."""
+    code = (
+        "import sys; from redhand.cli import main; code = main(['stack', sys.argv[1]]);"
+        "sys.stdout.flush(); bad = {'argparse', 're', 'enum', 'threading', 'signal', 'typing'} & "
+        "set(sys.modules); print(sorted(bad), file=sys.stderr); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(workers.pid)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "worker" in done.stdout
+    assert done.stderr.strip() == "[]"

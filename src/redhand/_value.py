@@ -31,7 +31,8 @@ from operator import attrgetter
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from typing import Any
 
 
 class Value:
@@ -81,3 +82,68 @@ class Value:
 
     def __reduce__(self) -> tuple[type, tuple[object, ...]]:
         return (type(self), self._get(self))
+
+
+class _ConstantType(type):
+    """Iterating over a set of constants yields its members, as with enum."""
+
+    _members: tuple[Constant, ...]
+
+    def __iter__(cls) -> Iterator[Any]:
+        return iter(cls._members)
+
+    def __len__(cls) -> int:
+        return len(cls._members)
+
+
+class Constant(metaclass=_ConstantType):
+    """The members of a closed set of named constants, in place of ``enum``.
+
+    ``import enum`` cost 3-5 ms of the start of ``redhand stack`` on the
+    reference machine (with ``functools`` and ``collections``, which nothing
+    else on that path needs).  A set of constants is a subclass of this and of
+    ``str`` or ``int``; :func:`define` makes one instance per member and sets
+    it as a class attribute, so members compare equal to their values, format
+    as them, serialise to JSON as them, and are singletons (``is`` works, even
+    after pickling).  ``name`` is the member's name and ``value`` its plain
+    value, and iterating over the class yields the members in definition
+    order, as with enum.
+    """
+
+    __slots__ = ()
+
+    _names: dict[object, str]
+    _values: dict[object, object]
+
+    @property
+    def name(self) -> str:
+        """The member's name, as it is spelled in the class."""
+        return type(self)._names[self]
+
+    @property
+    def value(self) -> object:
+        """The member's value, as a plain str or int."""
+        return type(self)._values[self]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}: {self.value!r}>"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (getattr, (type(self), self.name))
+
+
+def define(cls: type[Constant], **members: object) -> None:
+    """Make the members of ``cls``: ``define(Trust, CFI="cfi", FP="fp")``."""
+    made = []
+    cls._names = {}
+    cls._values = {}
+    for name, value in members.items():
+        member = cls(value)  # type: ignore[call-arg]
+        cls._names[value] = name
+        cls._values[value] = value
+        setattr(cls, name, member)
+        made.append(member)
+    cls._members = tuple(made)

@@ -25,7 +25,6 @@ payload and compares them on load).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 import time
@@ -184,10 +183,14 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _touch(fd: int) -> None:
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (no contextlib on the path of `redhand stack`)
         os.utime(fd)
+    except OSError:
+        pass
 
 
 def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (no contextlib on the path of `redhand stack`)
         os.unlink(path)
+    except OSError:
+        pass

@@ -3,22 +3,38 @@
 Each command is a few lines over the public API.  Errors are caught in one
 place (:func:`main`) and printed as one line; a traceback means a bug.
 
-The parser is argparse rather than click: importing click took 30-45 ms on
-the reference machine, as long as eu-stack's whole run on a 20-thread
-process, and ``redhand stack`` must not lose to eu-stack before it has
-started.  Heavy modules are imported inside the commands for the same reason.
+The options are declared once, as data (:data:`COMMANDS`).  Two parsers read
+that table:
+
+- argparse, which is the reference: help, usage errors, abbreviations, every
+  corner of the syntax;
+- :func:`fast_parse`, a strict subset that only accepts the plain forms
+  (``--opt VALUE``, ``--opt=VALUE``, ``-t TID``, flags, one positional) and
+  hands anything else, including every error, to argparse.
+
+Why two: importing argparse, with the ``re``, ``gettext`` and ``locale`` it
+pulls in, took 8-10 ms of a 45 ms ``redhand stack`` on the reference
+machine, against eu-stack's 24 ms for the whole job.  The fast parser returns
+exactly what argparse would for what it accepts (a test compares the two on
+thousands of command lines), so the only difference a user can see is the
+time.  (click was dropped earlier for the same reason: 30-45 ms to import.)
+Heavy modules are imported inside the commands.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
 
 from redhand import __version__
 from redhand.errors import RedhandError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -47,30 +63,380 @@ class UsageError(Exception):
     """Bad command-line arguments (exit code 2)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+class Arguments:
+    """The parsed command line: one attribute per option ``dest``, plus ``command`` and ``run``."""
+
+    def __init__(self, **values: object) -> None:
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str) -> Any:  # for mypy: the attributes come from the table
+        raise AttributeError(name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Arguments) and vars(self) == vars(other)
+
+    def __repr__(self) -> str:
+        return f"Arguments({', '.join(f'{k}={v!r}' for k, v in sorted(vars(self).items()))})"
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """argparse's formatter, told the terminal's width so that it does not import shutil.
+# -- values ------------------------------------------------------------------
 
-    argparse makes a formatter for every ``add_argument`` (to check the
-    metavar) and, without a width, each asks ``shutil.get_terminal_size``:
-    importing shutil took 4 ms of the start of ``redhand stack`` on the
-    reference machine.  The width is found the way shutil finds it.
-    """
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _pid(text: str) -> int:
+    try:
+        return _positive(text)
+    except ValueError:
+        raise ValueError(f"not a process id: {text!r}") from None
+
+
+# -- the options, as data ----------------------------------------------------
+
+FLAG = "flag"  # --x: True when given
+SWITCH = "switch"  # --x / --no-x: the last one wins
+VALUE = "value"  # --x VALUE: the last one wins
+APPEND = "append"  # --x VALUE, repeatable: every value, in order
+
+
+class Option:
+    """One option of a command, as both parsers read it."""
+
+    __slots__ = ("default", "dest", "flags", "help", "kind", "metavar", "parse")
 
     def __init__(
         self,
-        prog: str,
-        indent_increment: int = 2,
-        max_help_position: int = 24,
-        width: int | None = None,
+        flags: tuple[str, ...],
+        dest: str,
+        kind: str,
+        help: str,
+        *,
+        parse: Callable[[str], object] | None = None,
+        default: object = None,
+        metavar: str | None = None,
     ) -> None:
-        if width is None:
-            width = _terminal_columns() - 2
-        super().__init__(prog, indent_increment, max_help_position, width)
+        self.flags = flags
+        self.dest = dest
+        self.kind = kind
+        self.help = help
+        self.parse = parse
+        self.default = False if kind in (FLAG, SWITCH) and default is None else default
+        self.metavar = metavar
+
+
+class Command:
+    """A subcommand: its positional argument, its options and the function that runs it."""
+
+    __slots__ = ("description", "help", "options", "positional", "run")
+
+    def __init__(
+        self,
+        help: str,
+        description: str,
+        positional: tuple[str, str, Callable[[str], object]],  # (dest, metavar, parse)
+        options: list[Option],
+        run: Callable[[Arguments], int],
+    ) -> None:
+        self.help = help
+        self.description = description
+        self.positional = positional
+        self.options = options
+        self.run = run
+
+
+def _report_options(*, source_default: bool) -> list[Option]:
+    """The options every command that prints backtraces shares."""
+    # Source lines are off by default for `stack`, the quick look: a first
+    # look at a process indexes its libraries' DWARF (libc's alone doubled the
+    # command's time, 80 to 150 ms; later looks hit the cache).  On for `core`,
+    # whose report is read at leisure.
+    return [
+        Option(("--json",), "json", FLAG, "print the JSON document (version 1)"),
+        Option(("--no-group",), "no_group", FLAG, "show every thread, even with identical stacks"),
+        Option(
+            ("--max-frames",),
+            "max_frames",
+            VALUE,
+            "show at most N frames per thread and say how many were left out "
+            "(of a recursion: N at each end; default 10)",
+            parse=_positive,
+            metavar="N",
+        ),
+        Option(
+            ("--all-frames",),
+            "all_frames",
+            FLAG,
+            "show every frame, even the repeated cycles of a deep recursion",
+        ),
+        Option(
+            ("--debug-dir",),
+            "debug_dirs",
+            APPEND,
+            "look for separate debug files here too (repeatable; /usr/lib/debug is searched)",
+            default=(),
+            metavar="DIR",
+        ),
+        Option(
+            ("--scan",),
+            "scan",
+            FLAG,
+            "after the backtraces, every plausible return address on each thread's stack, "
+            "with why it was accepted or rejected (forensics of broken stacks)",
+        ),
+        Option(
+            ("--source",),
+            "source",
+            SWITCH,
+            "file:line:column of each frame and the calls inlined there, from DWARF "
+            f"through drgn (default: {'on' if source_default else 'off'})",
+            default=source_default,
+        ),
+        Option(
+            ("--no-inline",),
+            "no_inline",
+            FLAG,
+            "do not show the calls inlined at a pc as frames of their own",
+        ),
+    ]
+
+
+def _commands() -> dict[str, Command]:
+    return {
+        "stack": Command(
+            "backtraces of every thread of a live process",
+            "Show the backtrace of every thread of the live process PID. The process is frozen "
+            "only while registers and stack bytes are copied (about a millisecond); unwinding "
+            "and symbols are done after it runs again.",
+            ("pid", "PID", _pid),
+            [
+                *_report_options(source_default=False),
+                Option(
+                    ("-t", "--thread"),
+                    "tids",
+                    APPEND,
+                    "only this thread (repeatable)",
+                    parse=_positive,
+                    metavar="TID",
+                ),
+                Option(
+                    ("--timing",), "timing", FLAG, "show how long the freeze and each phase took"
+                ),
+                Option(
+                    ("--stack-bytes",),
+                    "stack_bytes",
+                    VALUE,
+                    "bytes of each thread's stack copied while the process is frozen "
+                    "(default 1 MiB)",
+                    parse=_positive,
+                    default=1 << 20,
+                    metavar="N",
+                ),
+            ],
+            run_stack,
+        ),
+        "core": Command(
+            "explain a crash from a core file, with every thread's backtrace",
+            "Read an ELF core file (plain, or compressed with zstd, gzip or xz) and explain the "
+            "crash: the signal in plain words, the crashing thread first, then the others, the "
+            "registers and the memory around the fault address.",
+            ("core", "CORE", str),
+            [
+                Option(
+                    ("--exe",),
+                    "exe",
+                    VALUE,
+                    "the executable that crashed (when it moved, or for a core from another "
+                    "machine)",
+                    metavar="EXE",
+                ),
+                Option(
+                    ("--sysroot",),
+                    "sysroot",
+                    VALUE,
+                    "find the executable and libraries under DIR (a core from another machine)",
+                    metavar="DIR",
+                ),
+                *_report_options(source_default=True),
+            ],
+            run_core,
+        ),
+    }
+
+
+# -- the fast parser ---------------------------------------------------------
+
+
+def fast_parse(argv: Sequence[str]) -> Arguments | None:
+    """The plain command lines, parsed as argparse would; None for anything else.
+
+    Accepted: a known command, then in any order its options spelled in full
+    (``--opt VALUE``, ``--opt=VALUE``, ``-t TID``, flags) and exactly one
+    positional argument.  Everything else (help, --version, abbreviations,
+    ``--``, a value that starts with ``-``, a value that does not convert,
+    a missing or second positional) returns None and goes to argparse, which
+    prints the help or the error.
+    """
+    if not argv:
+        return None
+    command = _commands().get(argv[0])
+    if command is None:
+        return None
+    by_flag: dict[str, tuple[Option, bool]] = {}
+    values: dict[str, object] = {}
+    for option in command.options:
+        for flag in option.flags:
+            by_flag[flag] = (option, True)
+        if option.kind == SWITCH:
+            by_flag["--no-" + option.flags[-1][2:]] = (option, False)
+        values[option.dest] = None if option.kind == APPEND else option.default
+    positional: str | None = None
+    index = 1
+    while index < len(argv):
+        token = argv[index]
+        index += 1
+        if not token.startswith("-") or token == "-":
+            if positional is not None or token == "-":
+                return None
+            positional = token
+            continue
+        name, equals, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        found = by_flag.get(name)
+        if found is None:
+            return None
+        option, on = found
+        if option.kind in (FLAG, SWITCH):
+            if equals:
+                return None
+            values[option.dest] = on
+            continue
+        if equals:
+            text = inline
+        elif index < len(argv) and not argv[index].startswith("-"):
+            text = argv[index]
+            index += 1
+        else:
+            return None
+        try:
+            value = option.parse(text) if option.parse is not None else text
+        except ValueError:
+            return None
+        if option.kind == APPEND:
+            values[option.dest] = [*(values[option.dest] or ()), value]  # type: ignore[misc]
+        else:
+            values[option.dest] = value
+    if positional is None:
+        return None
+    dest, _metavar, parse = command.positional
+    try:
+        values[dest] = parse(positional)
+    except ValueError:
+        return None
+    for option in command.options:
+        if option.kind == APPEND and values[option.dest] is None and option.default is not None:
+            values[option.dest] = list(option.default)  # type: ignore[call-overload]
+    return Arguments(command=argv[0], run=command.run, **values)
+
+
+# -- argparse: the reference, for help and errors -----------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every command, built from :func:`_commands`."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # type: ignore[override]
+            raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+    class Formatter(argparse.RawDescriptionHelpFormatter):
+        """argparse's formatter, told the terminal's width so that it does not import shutil.
+
+        argparse makes a formatter for every ``add_argument`` (to check the
+        metavar) and, without a width, each asks ``shutil.get_terminal_size``:
+        importing shutil took 4 ms on the reference machine.  The width is
+        found the way shutil finds it.
+        """
+
+        def __init__(
+            self,
+            prog: str,
+            indent_increment: int = 2,
+            max_help_position: int = 24,
+            width: int | None = None,
+        ) -> None:
+            if width is None:
+                width = _terminal_columns() - 2
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    def checked(parse: Callable[[str], object]) -> Callable[[str], object]:
+        """``parse`` with its ValueError turned into argparse's message-carrying error."""
+
+        def convert(text: str) -> object:
+            try:
+                return parse(text)
+            except ValueError as error:
+                raise argparse.ArgumentTypeError(str(error)) from None
+
+        return convert
+
+    parser = Parser(
+        prog="redhand",
+        description="Catch native Linux programs red-handed.",
+        epilog=EXIT_CODES,
+        formatter_class=Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"redhand {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subparsers.required = True
+    for name, command in _commands().items():
+        sub = subparsers.add_parser(
+            name,
+            help=command.help,
+            description=command.description,
+            epilog=EXIT_CODES,
+            formatter_class=Formatter,
+        )
+        dest, metavar, parse = command.positional
+        sub.add_argument(dest, type=checked(parse), metavar=metavar)
+        for option in command.options:
+            common: dict[str, Any] = {"dest": option.dest, "help": option.help}
+            if option.kind == FLAG:
+                sub.add_argument(*option.flags, action="store_true", **common)
+            elif option.kind == SWITCH:
+                sub.add_argument(
+                    *option.flags,
+                    action=argparse.BooleanOptionalAction,
+                    default=option.default,
+                    **common,
+                )
+            else:
+                default = option.default
+                sub.add_argument(
+                    *option.flags,
+                    action="append" if option.kind == APPEND else "store",
+                    type=checked(option.parse) if option.parse is not None else str,
+                    default=list(default) if isinstance(default, tuple) else default,
+                    metavar=option.metavar,
+                    **common,
+                )
+        sub.set_defaults(run=command.run)
+    return parser
+
+
+def parse_arguments(argv: Sequence[str]) -> Arguments:
+    """Parse a command line (without the program name); UsageError when it is wrong."""
+    fast = fast_parse(argv)
+    if fast is not None:
+        return fast
+    return Arguments(**vars(build_parser().parse_args(argv)))
 
 
 def _terminal_columns() -> int:
@@ -88,145 +454,7 @@ def _terminal_columns() -> int:
     return columns if columns > 0 else 80
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def _pid(text: str) -> int:
-    try:
-        return _positive(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
-
-
-def _add_report_options(command: argparse.ArgumentParser, *, source_default: bool) -> None:
-    """The options every command that prints backtraces shares."""
-    command.add_argument("--json", action="store_true", help="print the JSON document (version 1)")
-    command.add_argument(
-        "--no-group", action="store_true", help="show every thread, even with identical stacks"
-    )
-    command.add_argument(
-        "--max-frames",
-        type=_positive,
-        metavar="N",
-        help="show at most N frames per thread and say how many were left out "
-        "(of a recursion: N at each end; default 10)",
-    )
-    command.add_argument(
-        "--all-frames",
-        action="store_true",
-        help="show every frame, even the repeated cycles of a deep recursion",
-    )
-    command.add_argument(
-        "--debug-dir",
-        dest="debug_dirs",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="look for separate debug files here too (repeatable; /usr/lib/debug is searched)",
-    )
-    command.add_argument(
-        "--scan",
-        action="store_true",
-        help="after the backtraces, every plausible return address on each thread's stack, "
-        "with why it was accepted or rejected (forensics of broken stacks)",
-    )
-    # Source lines are off by default for `stack`: drgn indexing libc's debug
-    # information doubled the command's time (80 to 150 ms), and `stack` is the
-    # quick look.  On for `core`, whose report is read at leisure.
-    command.add_argument(
-        "--source",
-        action=argparse.BooleanOptionalAction,
-        default=source_default,
-        help="file:line:column of each frame and the calls inlined there, from DWARF "
-        f"through drgn (default: {'on' if source_default else 'off'})",
-    )
-    command.add_argument(
-        "--no-inline",
-        action="store_true",
-        help="do not show the calls inlined at a pc as frames of their own",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="redhand",
-        description="Catch native Linux programs red-handed.",
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"redhand {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
-
-    stack = commands.add_parser(
-        "stack",
-        help="backtraces of every thread of a live process",
-        description=(
-            "Show the backtrace of every thread of the live process PID. The process is frozen "
-            "only while registers and stack bytes are copied (about a millisecond); unwinding "
-            "and symbols are done after it runs again."
-        ),
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
-    )
-    stack.add_argument("pid", type=_pid, metavar="PID")
-    _add_report_options(stack, source_default=False)
-    stack.add_argument(
-        "-t",
-        "--thread",
-        dest="tids",
-        type=_positive,
-        action="append",
-        metavar="TID",
-        help="only this thread (repeatable)",
-    )
-    stack.add_argument(
-        "--timing", action="store_true", help="show how long the freeze and each phase took"
-    )
-    stack.add_argument(
-        "--stack-bytes",
-        type=_positive,
-        default=1 << 20,
-        metavar="N",
-        help="bytes of each thread's stack copied while the process is frozen (default 1 MiB)",
-    )
-    stack.set_defaults(run=run_stack)
-
-    core = commands.add_parser(
-        "core",
-        help="explain a crash from a core file, with every thread's backtrace",
-        description=(
-            "Read an ELF core file (plain, or compressed with zstd, gzip or xz) and explain the "
-            "crash: the signal in plain words, the crashing thread first, then the others, the "
-            "registers and the memory around the fault address."
-        ),
-        epilog=EXIT_CODES,
-        formatter_class=_Formatter,
-    )
-    core.add_argument("core", metavar="CORE")
-    core.add_argument(
-        "--exe",
-        metavar="EXE",
-        help="the executable that crashed (when it moved, or for a core from another machine)",
-    )
-    core.add_argument(
-        "--sysroot",
-        metavar="DIR",
-        help="find the executable and libraries under DIR (a core from another machine)",
-    )
-    _add_report_options(core, source_default=True)
-    core.set_defaults(run=run_core)
-    return parser
-
-
-def run_stack(args: argparse.Namespace) -> int:
+def run_stack(args: Arguments) -> int:
     from redhand.report.stack import build_stack_report, render_stack_json, render_stack_text
     from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
     from redhand.target.live import attach
@@ -268,7 +496,7 @@ def run_stack(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_core(args: argparse.Namespace) -> int:
+def run_core(args: Arguments) -> int:
     from redhand.report.core import build_core_report, render_core_json, render_core_text
     from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
     from redhand.target.core import open_core
@@ -314,8 +542,8 @@ def run_core(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting (so tests can call it)."""
     try:
-        args = build_parser().parse_args(argv)
-        run: Callable[[argparse.Namespace], int] = args.run
+        args = parse_arguments(sys.argv[1:] if argv is None else argv)
+        run: Callable[[Arguments], int] = args.run
         return run(args)
     except UsageError as error:
         print(error, file=sys.stderr)

@@ -24,7 +24,6 @@ import contextlib
 import os
 import struct
 import sys
-from collections.abc import Callable, Sequence
 
 if __package__ in (None, ""):  # `source`d by path: make the package importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -33,6 +32,11 @@ from redhand.analysis.recursion import find_cycle
 from redhand.errors import MemoryReadError
 from redhand.unwind.callsite import call_before
 from redhand.unwind.scan import MIN_PC, is_canonical
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 _WORD = struct.Struct("<Q")
 DEFAULT_SCAN_WORDS = 256

@@ -31,7 +31,6 @@ never a guess.  numpy is imported only here, and only for deep stacks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
 
 from redhand._value import Value
 from redhand.errors import MemoryReadError
@@ -40,6 +39,7 @@ from redhand.unwind.unwinder import FrameState, RawFrame, Stop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
     from typing import overload
 
     from redhand.target.target import Target, Thread

@@ -11,7 +11,6 @@ bounds-checked readers below it.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import stat
@@ -20,7 +19,6 @@ import sys
 import zlib
 from bisect import bisect_right
 from collections import namedtuple
-from collections.abc import Iterator
 
 from redhand._value import Value
 from redhand.elf import constants as c
@@ -28,6 +26,7 @@ from redhand.errors import ElfError, FileNotFound, UnsupportedElf
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import TracebackType
     from typing import NamedTuple
 
@@ -448,44 +447,88 @@ class SymbolTable:
 _UNSET: object = object()
 
 
-@contextlib.contextmanager
-def open_regular_file(
-    path: str,
-    name: str,
-    *,
-    what: str = "an ELF file",
-    permission_hint: str = "run as a user who can read it",
-    empty_message: str = "not an ELF file (the file is empty)",
-    empty_hint: str | None = None,
-    missing_hint: str | None = None,
-) -> Iterator[int]:
+class open_regular_file:
     """A read-only descriptor of a regular, non-empty file, closed on leaving.
 
     Every way of not being one (missing, a directory, unreadable, a FIFO, empty)
     becomes one FileNotFound or ElfError naming ``name``.  A FIFO is opened
-    non-blocking so that it cannot hang the caller.
+    non-blocking so that it cannot hang the caller.  (A class rather than a
+    ``contextlib.contextmanager``: contextlib, with functools and
+    collections, is not otherwise needed on the path of ``redhand stack``.)
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise FileNotFound(name, hint=missing_hint) from None
-    except IsADirectoryError:
-        raise ElfError(name, f"is a directory, not {what}") from None
-    except PermissionError:
-        raise ElfError(name, "cannot open: permission denied", hint=permission_hint) from None
-    except OSError as exc:
-        raise ElfError(name, f"cannot open: {os.strerror(exc.errno or 0)}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ElfError(name, f"is a directory, not {what}")
-        if not stat.S_ISREG(info.st_mode):
-            raise ElfError(name, "is not a regular file")
-        if info.st_size == 0:
-            raise ElfError(name, empty_message, hint=empty_hint)
-        yield fd
-    finally:
-        os.close(fd)
+
+    __slots__ = ("_fd", "_opening")
+
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        *,
+        what: str = "an ELF file",
+        permission_hint: str = "run as a user who can read it",
+        empty_message: str = "not an ELF file (the file is empty)",
+        empty_hint: str | None = None,
+        missing_hint: str | None = None,
+    ) -> None:
+        self._fd = -1
+        self._opening = (path, name, what, permission_hint, empty_message, empty_hint, missing_hint)
+
+    def __enter__(self) -> int:
+        path, name, what, permission_hint, empty_message, empty_hint, missing_hint = self._opening
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise FileNotFound(name, hint=missing_hint) from None
+        except IsADirectoryError:
+            raise ElfError(name, f"is a directory, not {what}") from None
+        except PermissionError:
+            raise ElfError(name, "cannot open: permission denied", hint=permission_hint) from None
+        except OSError as exc:
+            raise ElfError(name, f"cannot open: {os.strerror(exc.errno or 0)}") from None
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise ElfError(name, f"is a directory, not {what}")
+            if not stat.S_ISREG(info.st_mode):
+                raise ElfError(name, "is not a regular file")
+            if info.st_size == 0:
+                raise ElfError(name, empty_message, hint=empty_hint)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return fd
+
+    def __exit__(self, *exc_info: object) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+
+class _Parsing:
+    """The one choke point of :class:`ElfFile`: see :meth:`ElfFile._parsing`."""
+
+    __slots__ = ("_elf", "_what")
+
+    def __init__(self, elf: ElfFile, what: str) -> None:
+        self._elf = elf
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        if exc is None or isinstance(exc, ElfError):
+            return
+        path, what = self._elf.path, self._what
+        if isinstance(exc, MemoryError):
+            raise ElfError(path, f"corrupt {what}: too large to read") from None
+        if not isinstance(exc, Exception) or not _is_low_level(exc):
+            return
+        if self._elf.closed:
+            raise ElfError(path, f"cannot read {what}: the file is closed") from None
+        detail = str(exc) or type(exc).__name__
+        raise ElfError(path, f"corrupt {what}: {detail}") from exc
 
 
 def map_descriptor(fd: int, name: str) -> mmap.mmap:
@@ -569,8 +612,10 @@ class ElfFile:
         self._data = b""
         self._size = 0
         if isinstance(data, mmap.mmap):
-            with contextlib.suppress(BufferError):
+            try:  # noqa: SIM105 (contextlib is not imported on the path of `redhand stack`)
                 data.close()
+            except BufferError:  # a view of it is still alive; it closes with the last one
+                pass
 
     @property
     def closed(self) -> bool:
@@ -606,22 +651,9 @@ class ElfFile:
 
     # -- the one choke point --------------------------------------------------
 
-    @contextlib.contextmanager
-    def _parsing(self, what: str) -> Iterator[None]:
-        """Turn any low-level failure while reading ``what`` into an ElfError."""
-        try:
-            yield
-        except ElfError:
-            raise
-        except MemoryError:
-            raise ElfError(self.path, f"corrupt {what}: too large to read") from None
-        except Exception as exc:
-            if not _is_low_level(exc):
-                raise
-            if self._closed:
-                raise ElfError(self.path, f"cannot read {what}: the file is closed") from None
-            detail = str(exc) or type(exc).__name__
-            raise ElfError(self.path, f"corrupt {what}: {detail}") from exc
+    def _parsing(self, what: str) -> _Parsing:
+        """Turn any low-level failure while reading ``what`` into an ElfError (``with``)."""
+        return _Parsing(self, what)
 
     def _error(self, message: str) -> ElfError:
         return ElfError(self.path, message)

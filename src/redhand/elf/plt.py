@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from collections.abc import Iterator
 
 from redhand.elf import constants as c
 from redhand.elf.file import ElfFile, Section
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import NamedTuple
 
 PLT_SECTIONS = (".plt", ".plt.sec", ".plt.got", ".iplt")

@@ -8,7 +8,6 @@ CAP_SYS_PTRACE, another user's process, a process that is not dumpable.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from redhand.errors import (
@@ -146,8 +145,10 @@ def permission_error(pid: int) -> PermissionDenied:
 
 def already_traced_error(pid: int, tracer: int) -> AlreadyTraced:
     """``tracer`` is a TracerPid: the tracing thread; the error names its process."""
-    with contextlib.suppress(ProcessNotFound, PermissionDenied, ValueError):
+    try:  # noqa: SIM105 (no contextlib on the path of `redhand stack`)
         tracer = int(procfs.read_status(tracer).get("Tgid", tracer))
+    except (ProcessNotFound, PermissionDenied, ValueError):
+        pass
     return AlreadyTraced(
         pid,
         tracer,

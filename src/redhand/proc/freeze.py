@@ -50,16 +50,14 @@ signal(7)), which return EINTR to the program, as with gdb or strace.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal without enum; no stubs
+import _thread
 import bisect
-import contextlib
 import ctypes
 import errno
 import mmap
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Collection, Sequence
 
 from redhand.errors import PermissionDenied, ProcessExited, ProcessNotFound
 from redhand.proc import procfs
@@ -103,6 +101,11 @@ from redhand.proc.ptrace import (
 )
 from redhand.target.model import USER_REGS_FIELDS, Mapping, Registers
 
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Sequence
+
 __all__ = ["Snapshot", "ThreadSnapshot", "check_process", "freeze"]
 
 RED_ZONE = 128  # bytes below sp a leaf function may use (x86_64 psABI)
@@ -115,9 +118,7 @@ _SPIN_NS = 2_000_000  # poll with sched_yield this long before sleeping between 
 _POLL_SLEEP_NS = 100_000
 _SLOW_STOP_NS = 1_000_000  # a thread this slow to stop: look at its /proc state
 _EXITED_CHECK_NS = 20_000_000  # and again this often
-_DEFERRED_SIGNALS = frozenset(
-    {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
-)  # fmt: skip
+_DEFERRED_SIGNALS = frozenset({_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT})
 
 _POLL_SLEEP = Timespec(0, _POLL_SLEEP_NS)
 
@@ -307,32 +308,45 @@ def _run_as_tracer(work: Callable[[], None]) -> None:
     (and so in the tracer, which inherits the mask) until the work is done.
     An exception raised in the caller meanwhile (a KeyboardInterrupt from
     another thread's signal handler) is kept until the tracer has finished.
+
+    Built on ``_thread`` and ``_signal``, the C modules under ``threading``
+    and ``signal``: those two imported ``enum``, ``functools`` and
+    ``collections`` and cost 5-6 ms of the start of ``redhand stack`` on the
+    reference machine, for a thread that needs none of it.
     """
     failure: list[BaseException] = []
+    native_id: list[int] = []
+    done = _thread.allocate_lock()
+    done.acquire()
 
     def body() -> None:
         try:
+            native_id.append(_thread.get_native_id())
             work()
         except BaseException as error:  # handed to the caller
             failure.append(error)
+        finally:
+            done.release()
 
-    tracer = threading.Thread(target=body, name="redhand-tracer", daemon=True)
     held: BaseException | None = None
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
+    previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, _DEFERRED_SIGNALS)
     try:
+        started = False
         try:
-            tracer.start()
+            _thread.start_new_thread(body, ())
+            started = True
         except BaseException as error:
             held = error
-        while tracer.is_alive():
+        while started:
             try:
-                tracer.join()
+                done.acquire()
+                break
             except BaseException as error:  # re-raised once the tracer is done
                 held = held or error
-        if tracer.native_id is not None:
-            _wait_for_thread_exit(tracer.native_id)
+        if native_id:
+            _wait_for_thread_exit(native_id[0])
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
     if held is not None:
         raise held
     if failure:
@@ -348,15 +362,17 @@ def _raise_priority() -> None:
     with the capture, so nothing else of the host changes.  Without
     CAP_SYS_NICE this does nothing.
     """
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -20)
+    try:  # noqa: SIM105 (no contextlib on the path of `redhand stack`)
+        os.setpriority(os.PRIO_PROCESS, _thread.get_native_id(), -20)
+    except OSError:
+        pass
 
 
 def _wait_for_thread_exit(tid: int, timeout: float = 1.0) -> None:
     """Wait until the kernel has released an ended thread, and so its tracees.
 
-    join() returns when the Python thread is done, a moment before the OS
-    thread exits; a thread seized but never stopped is detached only then.
+    The tracer says it is done a moment before its OS thread exits; a
+    thread seized but never stopped is detached only then.
     """
     path = f"/proc/self/task/{tid}"
     deadline = time.monotonic() + timeout

@@ -15,12 +15,10 @@ by errno value.
 from __future__ import annotations
 
 import array
-import contextlib
 import ctypes
 import errno as _errno
 import os
 import struct
-from collections.abc import Callable, Sequence
 
 from redhand.errors import (
     MemoryReadError,
@@ -32,6 +30,11 @@ from redhand.errors import (
 from redhand.proc._record import Record
 from redhand.target.model import USER_REGS_FIELDS, Registers
 from redhand.target.signals import SignalInfo
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 # -- constants (<sys/ptrace.h>, <linux/ptrace.h>, <linux/elf.h>, <sys/wait.h>) --
 
@@ -468,5 +471,7 @@ class LiveMemory:
     def __del__(self) -> None:
         fd = getattr(self, "_mem_fd", None)
         if fd is not None:
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (no contextlib on the path of `redhand stack`)
                 os.close(fd)
+            except OSError:
+                pass

@@ -6,13 +6,12 @@ one line per word for people, one object per word in the JSON.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-
 from redhand.report.style import Style
 from redhand.unwind.scan import ScanEntry, Verdict
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
     from typing import TextIO
 
     from redhand.target.target import Target, Thread

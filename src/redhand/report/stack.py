@@ -6,14 +6,13 @@ renderers only format it, so the text and the JSON never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 from redhand.report.style import Style
 from redhand.target.model import RECURSION_MIN_FRAMES, Backtrace, EndReason, Frame, Trust
 from redhand.target.target import DEFAULT_MAX_FRAMES, Target, Thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from typing import TextIO
 
     from redhand.analysis.recursion import Recursion

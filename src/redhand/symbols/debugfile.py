@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
 
 from redhand.elf import ElfFile
 from redhand.errors import ElfError, FileNotFound
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DEFAULT_DEBUG_DIRS: tuple[str, ...] = ("/usr/lib/debug",)
 

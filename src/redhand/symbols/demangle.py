@@ -7,8 +7,9 @@ a crash inside a demangler would lose the whole report.
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
 
 # cxxfilt and pyderust are imported on the first C++ or Rust name: importing
 # cxxfilt took 10-35 ms on the reference machine (it runs ctypes.util's
@@ -34,8 +35,10 @@ _OCAML_MARKERS = (
 # caml_system, caml_startup (caml_system__code_begin).
 _OCAML_MARKER = r"caml[A-Za-z0-9_$.]*?(?:__|\.)(?:" + "|".join(_OCAML_MARKERS) + ")$"
 _OCAML_STAMP = r"(.*[^_.])_([0-9]+)$"
-# The patterns are compiled on first use (by re's own cache): compiling the
-# three at import took 0.5 ms of the start of `redhand stack`.
+# The patterns are compiled on first use (by re's own cache), and re itself is
+# imported then: only C++, Rust and OCaml names need it, and importing it
+# (with enum) took 3-4 ms of the start of `redhand stack` for a C program;
+# compiling the three patterns at import, another 0.5 ms.
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
@@ -45,13 +48,32 @@ def strip_version(name: str) -> str:
     return name[:at] if at > 0 else name
 
 
+def _match(pattern: str, text: str) -> re.Match[str] | None:
+    import re
+
+    return re.match(pattern, text)
+
+
 def is_ocaml_marker(name: str) -> bool:
     """True for ``camlFoo__code_begin``, ``caml_system__code_end`` and such (not functions)."""
-    return name.startswith("caml") and re.match(_OCAML_MARKER, name) is not None
+    return name.startswith("caml") and _match(_OCAML_MARKER, name) is not None
 
 
-@lru_cache(maxsize=65536)
+_DEMANGLED: dict[str, str] = {}
+_DEMANGLED_MAX = 65536
+
+
 def demangle(name: str) -> str:
+    """The readable form of a symbol name (remembered); see :func:`_demangle`."""
+    found = _DEMANGLED.get(name)
+    if found is None:
+        if len(_DEMANGLED) >= _DEMANGLED_MAX:
+            _DEMANGLED.clear()
+        found = _DEMANGLED[name] = _demangle(name)
+    return found
+
+
+def _demangle(name: str) -> str:
     """The readable form of a symbol name; the name itself when it is not mangled.
 
     - C++ ``_Z...`` through cxxfilt (the same output as ``c++filt``);
@@ -63,7 +85,7 @@ def demangle(name: str) -> str:
     """
     base = strip_version(name)
     if base.startswith("_Z"):
-        if re.match(_RUST_LEGACY, base):
+        if _match(_RUST_LEGACY, base):
             rust = _demangle_rust(base)
             if rust is not None:
                 return rust
@@ -120,7 +142,7 @@ def demangle_ocaml(name: str) -> str | None:
     if is_ocaml_marker(name):
         return None
     body = name[4:]
-    stamp = re.match(_OCAML_STAMP, body)
+    stamp = _match(_OCAML_STAMP, body)
     if stamp is not None:
         stem = stamp.group(1)
         last = max(stem.rfind("__"), stem.rfind("."))

@@ -56,7 +56,6 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
 from itertools import accumulate, compress
 from operator import add, itemgetter, not_
 
@@ -74,6 +73,8 @@ from redhand.symbols.demangle import demangle, is_ocaml_marker, strip_version
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from redhand.elf.plt import PltStub
 
 

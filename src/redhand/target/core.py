@@ -30,11 +30,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import mmap
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
 
 from redhand.elf import ElfFile
 from redhand.elf import constants as c
@@ -55,6 +53,12 @@ from redhand.target.decompress import ProgressCallback, decompress, detect_compr
 from redhand.target.model import Mapping
 from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings, vdso_module
 from redhand.target.target import Target, Thread
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    import mmap
+    from collections.abc import Callable, Sequence
 
 VSYSCALL = "[vsyscall]"
 VSYSCALL_START = 0xFFFFFFFFFF600000  # fixed on x86_64 (legacy vsyscall page)

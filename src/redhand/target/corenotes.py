@@ -10,13 +10,17 @@ into warnings and keeps everything else.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
 
 from redhand._value import Value
 from redhand.elf import constants as c
 from redhand.elf.file import Note
 from redhand.target.model import USER_REGS_FIELDS, Registers
 from redhand.target.signals import SIGINFO_SIZE, SignalInfo
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # struct elf_prstatus: pr_info (3 ints), pr_cursig (short, 2 bytes of padding),
 # pr_sigpend, pr_sighold, pr_pid, pr_ppid, pr_pgrp, pr_sid, 4 timevals,

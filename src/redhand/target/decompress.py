@@ -12,7 +12,6 @@ The format is recognised by its magic bytes, never by the file's name.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import tempfile
@@ -22,6 +21,7 @@ from redhand.errors import ElfError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import contextlib
     from typing import Protocol
 
     class _Decompressor(Protocol):

@@ -12,7 +12,6 @@ address it is given).
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
 
 from redhand.proc.freeze import Snapshot, freeze
 from redhand.proc.ptrace import LiveMemory
@@ -28,6 +27,11 @@ from redhand.target.module import (
     vdso_module,
 )
 from redhand.target.target import Target, Thread
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
 
 DEFAULT_STACK_BYTES = 1 << 20
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import struct
-from collections.abc import Iterable
 
 from redhand.errors import MemoryReadError
 
@@ -18,6 +17,7 @@ from redhand.errors import MemoryReadError
 # 5-10 ms of the start of `redhand stack` on the reference machine.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Protocol
 else:
     Protocol = object

@@ -6,14 +6,16 @@ made of these values; nothing downstream asks where they came from.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Iterator, Sequence
+# collections.abc imports collections (1-2 ms); _collections_abc, where its
+# classes live, is loaded with the interpreter.
+from _collections_abc import Sequence
 
-from redhand._value import Value
+from redhand._value import Constant, Value, define
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import overload
+    from collections.abc import Iterator
+    from typing import ClassVar, overload
 
     from redhand.analysis.recursion import Recursion
 
@@ -248,25 +250,52 @@ class Mapping(Value):
         return bool(path) and not path.startswith(("[", "anon_inode:"))  # type: ignore[union-attr]
 
 
-class Trust(enum.StrEnum):
+class Trust(Constant, str):
     """How a frame was found, from most to least certain."""
 
-    CONTEXT = "context"  # the thread's own registers: frame 0, or a signal frame's saved context
-    CFI = "cfi"  # DWARF call-frame information
-    FP = "fp"  # the frame-pointer chain
-    SCAN = "scan"  # a plausible return address found by scanning the stack
+    __slots__ = ()
+
+    CONTEXT: ClassVar[
+        Trust
+    ]  # the thread's own registers: frame 0, or a signal frame's saved context
+    CFI: ClassVar[Trust]  # DWARF call-frame information
+    FP: ClassVar[Trust]  # the frame-pointer chain
+    SCAN: ClassVar[Trust]  # a plausible return address found by scanning the stack
 
 
-class EndReason(enum.StrEnum):
+define(
+    Trust,
+    CONTEXT="context",
+    CFI="cfi",
+    FP="fp",
+    SCAN="scan",
+)
+
+
+class EndReason(Constant, str):
     """Why a backtrace ends."""
 
-    OUTERMOST = "outermost"  # reached the thread's first frame (_start, clone)
-    NO_UNWIND_INFO = "no-unwind-info"  # no CFI for the pc and no usable frame pointer
-    UNREADABLE_MEMORY = "unreadable-memory"  # the next frame's data could not be read
-    BAD_PC = "bad-pc"  # the return address points to no executable code
-    LOOP = "loop"  # the stack pointer stopped growing: unwinding would loop
-    LIMIT = "limit"  # the frame limit was reached
-    NO_REGISTERS = "no-registers"  # the thread's registers are unknown
+    __slots__ = ()
+
+    OUTERMOST: ClassVar[EndReason]  # reached the thread's first frame (_start, clone)
+    NO_UNWIND_INFO: ClassVar[EndReason]  # no CFI for the pc and no usable frame pointer
+    UNREADABLE_MEMORY: ClassVar[EndReason]  # the next frame's data could not be read
+    BAD_PC: ClassVar[EndReason]  # the return address points to no executable code
+    LOOP: ClassVar[EndReason]  # the stack pointer stopped growing: unwinding would loop
+    LIMIT: ClassVar[EndReason]  # the frame limit was reached
+    NO_REGISTERS: ClassVar[EndReason]  # the thread's registers are unknown
+
+
+define(
+    EndReason,
+    OUTERMOST="outermost",
+    NO_UNWIND_INFO="no-unwind-info",
+    UNREADABLE_MEMORY="unreadable-memory",
+    BAD_PC="bad-pc",
+    LOOP="loop",
+    LIMIT="limit",
+    NO_REGISTERS="no-registers",
+)
 
 
 class Frame(Value):

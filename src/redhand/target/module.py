@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from redhand.elf import ElfFile
 from redhand.elf.constants import PT_LOAD
@@ -22,6 +21,7 @@ from redhand.unwind.cfi import CfiTable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Sequence
     from typing import TypeVar
 
     _M = TypeVar("_M", bound=Mapping)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Sequence
 
 from redhand.symbols.perfmap import PerfMap
 from redhand.target.memory import Memory
@@ -19,6 +18,8 @@ from redhand.unwind.unwinder import RawFrame, Unwinder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from redhand.analysis.crash import Crash
     from redhand.symbols.dwarf import SourceLines, SourceLocation
     from redhand.target.corenotes import ProcessInfo

@@ -7,9 +7,13 @@ that does not exist) becomes :class:`CfiError`; nothing else escapes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 
 from redhand.errors import RedhandError
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 MASK64 = (1 << 64) - 1
 

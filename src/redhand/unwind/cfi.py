@@ -17,11 +17,9 @@ Malformed input never raises anything but :class:`CfiError`.
 from __future__ import annotations
 
 import bisect
-import enum
 import struct
-from collections.abc import Callable, Iterator, Mapping, Sequence
 
-from redhand._value import Value
+from redhand._value import Constant, Value, define
 from redhand.elf.constants import PT_GNU_EH_FRAME, PT_LOAD, SHT_NOBITS
 from redhand.errors import RedhandError
 from redhand.unwind._reader import (
@@ -39,6 +37,7 @@ from redhand.unwind._reader import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
     from typing import ClassVar
 
     from redhand.elf import ElfFile
@@ -95,16 +94,34 @@ MAX_REGISTER = 1024
 """Register numbers above this are malformed (x86_64 uses fewer than 130)."""
 
 
-class RuleKind(enum.IntEnum):
+class RuleKind(Constant, int):
     """Where the caller's value of a register is (DWARF 5 section 6.4.1)."""
 
-    UNDEFINED = 0  # not recoverable
-    SAME_VALUE = 1  # unchanged from the callee
-    OFFSET = 2  # saved at CFA + value
-    VAL_OFFSET = 3  # is CFA + value
-    REGISTER = 4  # held in register number ``value``
-    EXPRESSION = 5  # saved at the address ``expression`` computes (the CFA pushed first)
-    VAL_EXPRESSION = 6  # is the value ``expression`` computes (the CFA pushed first)
+    __slots__ = ()
+
+    UNDEFINED: ClassVar[RuleKind]  # not recoverable
+    SAME_VALUE: ClassVar[RuleKind]  # unchanged from the callee
+    OFFSET: ClassVar[RuleKind]  # saved at CFA + value
+    VAL_OFFSET: ClassVar[RuleKind]  # is CFA + value
+    REGISTER: ClassVar[RuleKind]  # held in register number ``value``
+    EXPRESSION: ClassVar[
+        RuleKind
+    ]  # saved at the address ``expression`` computes (the CFA pushed first)
+    VAL_EXPRESSION: ClassVar[
+        RuleKind
+    ]  # is the value ``expression`` computes (the CFA pushed first)
+
+
+define(
+    RuleKind,
+    UNDEFINED=0,
+    SAME_VALUE=1,
+    OFFSET=2,
+    VAL_OFFSET=3,
+    REGISTER=4,
+    EXPRESSION=5,
+    VAL_EXPRESSION=6,
+)
 
 
 class Rule(Value):

@@ -18,10 +18,14 @@ inside CFI, and GCC never emits one there).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
 
 from redhand.target.memory import Memory
 from redhand.unwind._reader import MASK64, CfiError, Reader
+
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 MAX_STEPS = 1000
 MAX_STACK = 256
@@ -84,7 +88,8 @@ DW_OP_deref_size = 0x94
 DW_OP_nop = 0x96
 DW_OP_call_frame_cfa = 0x9C
 
-RegisterReader = Callable[[int], int]
+if TYPE_CHECKING:
+    RegisterReader = Callable[[int], int]
 """Gives the value of a register by DWARF number; raises ExpressionError when unknown."""
 
 

@@ -29,15 +29,16 @@ time (that module imports this one for its default strategies).
 
 from __future__ import annotations
 
-import enum
 import struct
 
-from redhand._value import Value
+from redhand._value import Constant, Value, define
 from redhand.errors import MemoryReadError, RedhandError
 from redhand.target.model import DWARF_FP, DWARF_RA, DWARF_SP, EndReason, Trust
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import ClassVar
+
     from redhand.target.memory import Memory
     from redhand.target.target import Target, Thread
     from redhand.unwind.unwinder import FrameState, Stop, Unwinder
@@ -105,14 +106,26 @@ def read_stack_words(memory: Memory, start: int, count: int) -> bytes:
     return data[: len(data) & ~7]
 
 
-class Verdict(enum.StrEnum):
+class Verdict(Constant, str):
     """What a scan made of one word of the stack."""
 
-    ACCEPTED = "accepted"
-    NOT_CANONICAL = "not-canonical"
-    NOT_EXECUTABLE = "not-executable"
-    NO_CALL = "no-call"
-    OUTSIDE_FUNCTION = "outside-function"
+    __slots__ = ()
+
+    ACCEPTED: ClassVar[Verdict]
+    NOT_CANONICAL: ClassVar[Verdict]
+    NOT_EXECUTABLE: ClassVar[Verdict]
+    NO_CALL: ClassVar[Verdict]
+    OUTSIDE_FUNCTION: ClassVar[Verdict]
+
+
+define(
+    Verdict,
+    ACCEPTED="accepted",
+    NOT_CANONICAL="not-canonical",
+    NOT_EXECUTABLE="not-executable",
+    NO_CALL="no-call",
+    OUTSIDE_FUNCTION="outside-function",
+)
 
 
 def _verdict(unwinder: Unwinder, value: int) -> Verdict:

@@ -22,7 +22,6 @@ no assumption about the process being alive.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
 
 from redhand._value import Value
 from redhand.errors import MemoryReadError, RedhandError
@@ -42,6 +41,7 @@ from redhand.unwind.scan import (
 # Protocols are for the type checker only (see redhand.target.memory).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
     from typing import Protocol
 else:
     Protocol = object
