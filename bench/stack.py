@@ -12,7 +12,13 @@ A "cold" redhand run has an empty cache directory (XDG_CACHE_HOME); a "warm"
 one reuses the cache of the previous run.  The baseline line is the longest
 heartbeat gap over the same time with no tool at all: the machine's own noise.
 
-Usage: python bench/stack.py [--threads 20,1000] [--runs 7] [--tools redhand,gdb,eu-stack]
+"C floor" is bench/freeze_floor.c: redhand's capture system calls in C and
+nothing else (no unwinding, no output).  Its freeze is the kernel's share, the
+least any tool can do that stops every thread together and copies their
+stacks; its wall time means nothing.
+
+Usage: python bench/stack.py [--threads 20,1000] [--runs 7]
+                             [--tools redhand,gdb,eu-stack,floor]
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "tests" / "programs" / "threads_heartbeat.c"
+FLOOR = ROOT / "bench" / "freeze_floor.c"
 HEARTBEAT = struct.Struct("<8Q")  # see the struct in threads_heartbeat.c
 
 
@@ -86,6 +93,12 @@ def compile_target(workdir: Path) -> Path:
     return binary
 
 
+def compile_floor(workdir: Path) -> Path:
+    binary = workdir / "freeze_floor"
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(FLOOR)], check=True)
+    return binary
+
+
 def redhand_command() -> list[str]:
     script = Path(sys.executable).parent / "redhand"
     if script.exists():
@@ -93,8 +106,9 @@ def redhand_command() -> list[str]:
     return [sys.executable, "-m", "redhand"]
 
 
-def tool_commands(pid: int) -> dict[str, list[str]]:
+def tool_commands(pid: int, floor: Path | None = None) -> dict[str, list[str]]:
     return {
+        "floor": [str(floor), str(pid)],
         "redhand": [*redhand_command(), "stack", str(pid)],
         "gdb": ["gdb", "-batch", "-nx", "-p", str(pid), "-ex", "thread apply all bt"],
         "eu-stack": ["eu-stack", "-p", str(pid)],
@@ -126,10 +140,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def bench(threads: int, runs: int, tools: list[str], binary: Path, workdir: Path) -> None:
+def bench(
+    threads: int, runs: int, tools: list[str], binary: Path, floor: Path, workdir: Path
+) -> None:
     target = Target(binary, threads, workdir)
     try:
-        commands = tool_commands(target.pid)
+        commands = tool_commands(target.pid, floor)
         cache = Path(tempfile.mkdtemp(prefix="redhand-cache-", dir=workdir))
         warm_env = dict(os.environ, XDG_CACHE_HOME=str(cache))
         results: dict[str, list[tuple[float, float]]] = {}
@@ -143,6 +159,8 @@ def bench(threads: int, runs: int, tools: list[str], binary: Path, workdir: Path
 
                 variants.append(("redhand (cold)", commands[tool], cold_env))
                 variants.append(("redhand (warm)", commands[tool], lambda: warm_env))
+            elif tool == "floor":
+                variants.append(("C floor", commands[tool], lambda: None))
             else:
                 variants.append((tool, commands[tool], lambda: None))
         run_once(target, commands["redhand"], warm_env)  # fill the warm cache
@@ -165,6 +183,9 @@ def bench(threads: int, runs: int, tools: list[str], binary: Path, workdir: Path
                 continue
             freeze = median([v[0] for v in values])
             wall = median([v[1] for v in values])
+            if name == "C floor":
+                print(f"  C floor: redhand's freeze is {base_freeze / freeze:.2f}x the floor's")
+                continue
             print(
                 f"  {name}: freeze {freeze / base_freeze:.0f}x redhand's, "
                 f"wall {wall / base_wall:.2f}x redhand's (warm)"
@@ -177,17 +198,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", default="20,1000", help="comma-separated worker counts")
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--tools", default="redhand,gdb,eu-stack")
+    parser.add_argument("--tools", default="redhand,gdb,eu-stack,floor")
     args = parser.parse_args()
     tools = [tool for tool in args.tools.split(",") if tool]
     for tool in tools:
-        if tool != "redhand" and shutil.which(tool) is None:
+        if tool not in ("redhand", "floor") and shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (apt-get install gdb elfutils)")
     with tempfile.TemporaryDirectory(prefix="redhand-bench-") as directory:
         workdir = Path(directory)
         binary = compile_target(workdir)
+        floor = compile_floor(workdir)
         for threads in (int(count) for count in args.threads.split(",")):
-            bench(threads, args.runs, tools, binary, workdir)
+            bench(threads, args.runs, tools, binary, floor, workdir)
 
 
 if __name__ == "__main__":
