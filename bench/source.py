@@ -33,23 +33,32 @@ def main() -> None:
         target = Target(compile_target(work), args.threads, work)
         try:
             pid = str(target.pid)
-            warm = dict(os.environ, XDG_CACHE_HOME=str(work / "warm-cache"))
+            base_env = {k: v for k, v in os.environ.items() if k != "REDHAND_CACHE"}
+            warm_home = work / "warm-cache"
+            warm = dict(base_env, XDG_CACHE_HOME=str(warm_home))
             commands = {
                 "redhand --source (cold)": [*redhand_command(), "stack", "--source", pid],
                 "redhand --source (warm)": [*redhand_command(), "stack", "--source", pid],
                 "eu-stack -i -s": ["eu-stack", "-i", "-s", "-p", pid],
                 "gdb bt": ["gdb", "-batch", "-nx", "-p", pid, "-ex", "thread apply all bt"],
             }
+            # The warm runs find every answer in the cache this run leaves.
             run_once(target, commands["redhand --source (warm)"], warm)
+            if not any((warm_home / "redhand" / "source").glob("*")):
+                raise SystemExit("redhand wrote no source cache entries: is the cache off?")
             walls: dict[str, list[float]] = {name: [] for name in commands}
             for run in range(args.runs):
                 for name, command in commands.items():
                     env = warm
-                    if "cold" in name:
-                        env = dict(os.environ, XDG_CACHE_HOME=str(work / f"cold-{run}"))
+                    cold_home = work / f"cold-{run}"
+                    if "cold" in name:  # a new, empty cache directory each time
+                        shutil.rmtree(cold_home, ignore_errors=True)
+                        env = dict(base_env, XDG_CACHE_HOME=str(cold_home))
                     elif not name.startswith("redhand"):
                         env = None
                     walls[name].append(run_once(target, command, env)[1])
+                    if "cold" in name:
+                        shutil.rmtree(cold_home, ignore_errors=True)
             print(f"\n{args.threads} worker threads, {args.runs} runs each, median wall ms:")
             base = statistics.median(walls["redhand --source (warm)"])
             for name, values in walls.items():

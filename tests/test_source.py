@@ -193,6 +193,9 @@ def test_drgn_missing_warns(tmp_path: Path) -> None:
             [sys.executable, "-c", code.format(pid=program.pid)],
             capture_output=True,
             text=True,
+            # An empty cache: lines cached by earlier tests would be served without drgn.
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+            timeout=60,
         )
     assert result.returncode == 0, result.stderr
     assert "drgn" in result.stdout and "unavailable" in result.stdout

@@ -65,6 +65,8 @@ class Module:
         self._symbols_loaded = False
         self._cfi: CfiTable | None = None
         self._cfi_loaded = False
+        self._dwarf_file: str | None = None
+        self._dwarf_file_loaded = False
 
     def __repr__(self) -> str:
         return (
@@ -160,6 +162,40 @@ class Module:
                 except RedhandError as error:
                     self.problem = str(error)
         return self._symbols
+
+    def dwarf_file(self) -> str | None:
+        """The separate debug file that holds this module's DWARF; None when its own file does.
+
+        The one whose symbol table was used, when there is one.  Otherwise, for
+        a binary that kept its symbol table but not its DWARF (``strip
+        --strip-debug`` or ``objcopy --only-keep-debug`` with a
+        .gnu_debuglink), it is looked for now, in the same places and order.
+        None too when there is none anywhere.
+        """
+        if not self._dwarf_file_loaded:
+            self._dwarf_file_loaded = True
+            symbols = self.symbols()
+            found = symbols.debug_file if symbols is not None else None
+            elf = self.elf()
+            if found is None and elf is not None and self.path != VDSO:
+                try:
+                    has_dwarf = any(
+                        elf.get_section_by_name(name) is not None
+                        for name in (".debug_info", ".zdebug_info")
+                    )
+                except RedhandError:
+                    has_dwarf = False
+                if not has_dwarf:
+                    from redhand.symbols.debugfile import find_debug_file
+
+                    debug = find_debug_file(
+                        elf, self.open_path, self.debug_dirs, origin_path=self.path
+                    )
+                    if debug is not None:
+                        found = debug.path
+                        debug.close()
+            self._dwarf_file = found
+        return self._dwarf_file
 
     def close(self) -> None:
         """Close the files opened for this module (a later use reopens nothing)."""

@@ -152,9 +152,11 @@ class Target:
         self.close()
 
     def close(self) -> None:
-        """Release open files.  The target's data stays usable."""
+        """Release open files and save new source locations to the cache.  The data stays usable."""
         for module in self.modules:
             module.close()
+        if self._dwarf is not None:
+            self._dwarf.flush()
 
     def thread(self, tid: int) -> Thread:
         for thread in self.threads:
