@@ -1245,7 +1245,7 @@ def gcore_of_live(argv: list[str], workdir: Path, threads: int) -> tuple[Path, l
         tids = []
         for line in process.stdout:
             if line.startswith("thread "):
-                tids.append(int(line.split()[1]))
+                tids.append(int(line.split()[-1]))  # "thread TID" or "thread NAME TID"
             if line.strip() == "ready":
                 break
         assert len(tids) == threads, f"the program reported {tids}"

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers import LiveProgram, compile_c
+from helpers import LiveProgram, compile_c, gcore_of_live
 
 import redhand
 from redhand.symbols.perfmap import PerfMap
@@ -93,3 +93,50 @@ def test_jit_frame_named_from_the_perf_map(build_dir: Path) -> None:
         jit = next(frame for frame in backtrace if start <= frame.pc < start + 4096)
         assert jit.function == "jit_trampoline [JIT] tier 1"
         assert jit.offset == jit.pc - start
+
+
+def _jit_frame(backtrace: redhand.Backtrace) -> redhand.Frame:
+    names = [frame.function for frame in backtrace]
+    assert "blocker" in names and "main" in names, backtrace
+    between = backtrace[names.index("blocker") + 1 : names.index("main")]
+    assert len(between) == 1 and between[0].module is None, backtrace
+    return between[0]
+
+
+def test_jit_frame_of_a_core_named_from_the_perf_map(build_dir: Path, tmp_path: Path) -> None:
+    binary = compile_c("jit_perfmap.c", build_dir, ["-O1", "-g", "-fno-omit-frame-pointer"])
+    core, _tids, pid = gcore_of_live([str(binary)], tmp_path, 1)
+    perf = Path(f"/tmp/perf-{pid}.map")
+    try:
+        assert perf.stat().st_mtime_ns <= core.stat().st_mtime_ns
+        with redhand.open_core(core, exe=binary) as target:
+            jit = _jit_frame(target.threads[0].backtrace())
+            assert jit.function == "jit_trampoline [JIT] tier 1"
+            assert not any("perf-" in warning for warning in target.warnings)
+        # A map written after the core is another process's, which got the same pid.
+        later = core.stat().st_mtime + 60
+        os.utime(perf, (later, later))
+        with redhand.open_core(core, exe=binary) as target:
+            jit = _jit_frame(target.threads[0].backtrace())
+            assert jit.function is None
+            assert any(str(perf) in warning for warning in target.warnings), target.warnings
+    finally:
+        perf.unlink(missing_ok=True)
+
+
+def test_core_perf_map_under_the_sysroot(build_dir: Path, tmp_path: Path) -> None:
+    binary = compile_c("jit_perfmap.c", build_dir, ["-O1", "-g", "-fno-omit-frame-pointer"])
+    core, _tids, pid = gcore_of_live([str(binary)], tmp_path, 1)
+    perf = Path(f"/tmp/perf-{pid}.map")
+    sysroot = tmp_path / "root"
+    (sysroot / "tmp").mkdir(parents=True)
+    try:
+        moved = sysroot / "tmp" / perf.name
+        moved.write_text(perf.read_text().replace("tier 1", "from the sysroot"))
+        os.utime(moved, ns=(perf.stat().st_atime_ns, perf.stat().st_mtime_ns))
+        # (libc is not under this sysroot: only the JIT frame's name is checked.)
+        with redhand.open_core(core, exe=binary, sysroot=sysroot) as target:
+            names = [frame.function for frame in target.threads[0].backtrace()]
+            assert "jit_trampoline [JIT] from the sysroot" in names, names
+    finally:
+        perf.unlink(missing_ok=True)

@@ -13,6 +13,9 @@ lines that do not parse are skipped.
 
 A live target's map is ``/tmp/perf-PID.map``; for a process in another mount
 namespace (a container), the same path under ``/proc/PID/root``, tried first.
+A core's is the map of its pid, under the sysroot if there is one, provided
+it was last written no later than the core: a map written after it belongs
+to a later process that was given the same pid.
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ class PerfMap:
             except OSError:
                 continue
         return None
+
+    @classmethod
+    def for_core(
+        cls, pid: int, core_path: str, sysroot: str | None = None
+    ) -> tuple[PerfMap | None, str | None]:
+        """The perf map the process of a core wrote, and a warning when one was refused.
+
+        ``/tmp/perf-PID.map`` (under ``sysroot`` first, for a core from another
+        machine), if it was last modified no later than the core file.
+        """
+        return _core_map(pid, core_path, sysroot)
 
     @staticmethod
     def parse(text: str) -> list[tuple[int, int, str]]:
@@ -97,6 +111,31 @@ class PerfMap:
             if start <= address < start + max(size, 1):
                 return name, start, size
         return None
+
+
+def _core_map(pid: int, core_path: str, sysroot: str | None) -> tuple[PerfMap | None, str | None]:
+    """See :meth:`PerfMap.for_core`."""
+    name = f"perf-{pid}.map"
+    places = [os.path.join(sysroot, "tmp", name)] if sysroot is not None else []
+    places.append(os.path.join("/tmp", name))
+    try:
+        core_time = os.stat(core_path).st_mtime_ns
+    except OSError:
+        return None, None
+    for path in places:
+        try:
+            info = os.stat(path)
+        except OSError:
+            continue
+        if not os.path.isfile(path):
+            continue
+        if info.st_mtime_ns > core_time:
+            return None, (
+                f"{path} ignored: written after the core, so by a later process with the "
+                "same pid (JIT frames stay unnamed)"
+            )
+        return PerfMap(path), None
+    return None, None
 
 
 def _namespace_pid(pid: int) -> int:

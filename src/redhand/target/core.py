@@ -39,6 +39,7 @@ from redhand.elf import constants as c
 from redhand.elf.file import map_descriptor, open_regular_file
 from redhand.errors import ElfError, FileNotFound, MemoryReadError, RedhandError
 from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
+from redhand.symbols.perfmap import PerfMap
 from redhand.target.corenotes import (
     AT_ENTRY,
     AT_EXECFN,
@@ -105,9 +106,11 @@ class CoreTarget(Target):
         process: ProcessInfo | None,
         auxv: dict[int, int],
         compression: str | None,
+        sysroot: str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.sysroot = sysroot
         self.core_path = core_path
         self.process = process
         self.auxv = auxv
@@ -116,6 +119,19 @@ class CoreTarget(Target):
 
     def __repr__(self) -> str:
         return f"<Target core {self.core_path!r} pid={self.pid} threads={len(self.threads)}>"
+
+    def _perf_map(self) -> PerfMap | None:
+        """The perf map the crashed process wrote, if it is still there (see PerfMap.for_core)."""
+        if not self._perf_maps:
+            found, warning = (
+                PerfMap.for_core(self.pid, self.core_path, self.sysroot)
+                if self.pid
+                else (None, None)
+            )
+            if warning is not None:
+                self.warnings.append(warning)
+            self._perf_maps.append(found)
+        return self._perf_maps[0]
 
     def close(self) -> None:
         """Release the core's mapping and the files opened for modules."""
@@ -501,6 +517,7 @@ def _build(
         process=process,
         auxv=dict(auxv),
         compression=compression,
+        sysroot=sysroot,
         pid=process.pid
         if process is not None
         else (notes.threads[0][0].pid if notes.threads else None),
