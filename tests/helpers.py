@@ -72,6 +72,7 @@ PREREQUISITES = (
     Prerequisite("gdb", "apt-get install gdb", "gdb"),
     Prerequisite("eu-stack", "apt-get install elfutils", "eu-stack"),
     Prerequisite("strip, nm, readelf", "apt-get install binutils", "strip"),
+    Prerequisite("dwz", "apt-get install dwz", "dwz"),
     Prerequisite(
         "libc6-dbg",
         "apt-get install libc6-dbg (its version must match libc6's: "

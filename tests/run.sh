@@ -19,6 +19,7 @@ need ocamlopt ocaml-nox
 need xz xz-utils
 need debuginfod debuginfod
 need readelf binutils
+need dwz dwz
 dpkg -s libc6-dbg >/dev/null 2>&1 || apt_packages+=(libc6-dbg)
 python=/usr/bin/python3
 [ -x "$python" ] || python=python3
