@@ -390,15 +390,22 @@ def test_fast_parser_leaves_the_rest_to_argparse(argv: list[str]) -> None:
     assert fast_parse(argv) is None
 
 
-def test_plain_stack_imports_nothing_it_does_not_need(workers: LiveProgram) -> None:
+@pytest.mark.parametrize("options", [[], ["--json"]])
+def test_plain_stack_imports_nothing_it_does_not_need(
+    workers: LiveProgram, options: list[str]
+) -> None:
     """The modules a plain `redhand stack PID` must not pay for (see the cli module's docstring)."""
     code = (
-        "import sys; from redhand.cli import main; code = main(['stack', sys.argv[1]]);"
-        "sys.stdout.flush(); bad = {'argparse', 're', 'enum', 'threading', 'signal', 'typing'} & "
+        "import sys; from redhand.cli import main; "
+        "code = main(['stack', *sys.argv[2:], sys.argv[1]]); sys.stdout.flush(); "
+        "bad = {'argparse', 're', 'enum', 'json', 'threading', 'signal', 'typing'} & "
         "set(sys.modules); print(sorted(bad), file=sys.stderr); sys.exit(code)"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, str(workers.pid)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, str(workers.pid), *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "worker" in done.stdout

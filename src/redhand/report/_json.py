@@ -11,16 +11,56 @@ and only the indentation around them is written in Python.
 
 from __future__ import annotations
 
-import json
 from itertools import chain
-from json.encoder import encode_basestring_ascii
 from operator import add
 
-# The C encoder (through JSONEncoder.encode) separates the values of a flat
-# container with NUL, a character that cannot appear in its output otherwise
-# (ensure_ascii escapes it inside strings as \u0000).
+# The C encoder separates the values of a flat container with NUL, a character
+# that cannot appear in its output otherwise (ensure_ascii escapes it inside
+# strings as \u0000).
 _SEPARATOR = "\x00"
-_encode_flat = json.JSONEncoder(separators=(_SEPARATOR, ":")).encode
+
+
+# The C encoder is used directly, as JSONEncoder.encode uses it for a flat
+# container, rather than through the json package: importing json imports re
+# (and re, enum), 3-4 ms of a `redhand stack --json` run on the reference
+# machine.  Where _json is missing (another Python), the json package's own.
+def _unencodable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+try:
+    from _json import encode_basestring_ascii, make_encoder
+
+    _flat = make_encoder(
+        None,  # markers: no check for circular references (the values are flat)
+        _unencodable,  # default
+        encode_basestring_ascii,
+        None,  # indent
+        ":",  # key separator
+        _SEPARATOR,  # item separator
+        False,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan
+    )
+
+    def _encode_flat(values: list[object]) -> str:
+        return "".join(_flat(values, 0))
+
+except ImportError:  # pragma: no cover (CPython has _json)
+    import json
+    from json.encoder import encode_basestring_ascii
+
+    def _encode_flat(values: list[object]) -> str:
+        return json.JSONEncoder(separators=(_SEPARATOR, ":")).encode(values)
+
+
+def _json_dumps(value: object, indent: int | None = None) -> str:
+    """json.dumps, for the rare values the fast paths leave to it."""
+    import json
+
+    return json.dumps(value, indent=indent)
+
+
 # Containers whose values are all of these types are flat (subclasses, such as
 # enums, take the general path, where json's own rules encode them).
 _SCALARS = frozenset({str, int, float, bool, type(None)})
@@ -54,7 +94,7 @@ class _Encoder:
             keys = tuple(value)
             if not all(isinstance(key, str) for key in keys):
                 # Keys json converts (numbers, booleans, None): leave them to json.
-                text = json.dumps(value, indent=len(self.step))
+                text = _json_dumps(value, indent=len(self.step))
                 parts.append(text.replace("\n", newline))
                 return
             starts = self._starts_of(keys, inner)
@@ -90,7 +130,10 @@ class _Encoder:
                 self.encode(item, inner)
             parts.append(newline + "]")
             return
-        parts.append(json.dumps(value))
+        if type(value) in _SCALARS:
+            parts.append(_encode_flat([value])[1:-1])
+        else:
+            parts.append(_json_dumps(value))
 
     def _starts_of(self, keys: tuple[str, ...], inner: str) -> list[str]:
         starts = self._starts.get((keys, inner))
