@@ -933,10 +933,12 @@ def _strip_parameters(name: str) -> str:
 
 
 def _inlined_name_matches(gdb_name: str, name: str) -> bool:
-    """6. An inlined frame is named by its DWARF name (DW_AT_name, drgn's name),
-    which is unqualified (``operator()``, ``__invoke_r<...>``, Rust's ``new``);
-    gdb prints the qualified name.  The unqualified name matches the qualified
-    one's last component."""
+    """6. An inlined frame is named as eu-stack names it: its demangled linkage
+    name, parameters included (``shop::Cart::wait() const``), where gdb prints
+    the qualified name without them (``shop::Cart::wait``); they match once the
+    parameters are stripped.  Where redhand's DWARF reader cannot say more,
+    the name is drgn's unqualified DW_AT_name (``operator()``, Rust's ``new``),
+    which matches the qualified one's last component."""
     for candidate in (gdb_name, _strip_parameters(gdb_name)):
         for own in (name, _strip_parameters(name)):
             if candidate == own or candidate.endswith("::" + own):
@@ -1139,7 +1141,7 @@ def read_build_id(path: str | os.PathLike[str]) -> str | None:
 
 
 def _same_name(item: str, needle: str) -> bool:
-    """Equal, or ``item`` an inlined frame's unqualified DWARF name for ``needle`` (rule 6)."""
+    """Equal, or ``item`` an inlined frame's short DWARF name for ``needle`` (rule 6)."""
     if item == needle:
         return True
     return "::" not in _strip_parameters(item) and _inlined_name_matches(needle, item)

@@ -139,7 +139,7 @@ class Language:
     blocked: str
     """The function blocked in pause(), as the symbol table names it."""
     inlined: tuple[str, ...]
-    """The calls inlined into it at the blocked pc, innermost first (DWARF names)."""
+    """The calls inlined into it at the blocked pc, innermost first (as redhand names them)."""
 
 
 C = Language(
@@ -168,7 +168,10 @@ CXX = Language(
     shared="picker",
     suffix=".cpp",
     blocked="warehouse::Picker::run() const",
-    inlined=("wait_for_stock", "pick"),
+    inlined=(
+        "warehouse::detail::Shelf::wait_for_stock() const",
+        "warehouse::Picker::pick() const",
+    ),
 )
 LANGUAGES = {language.name: language for language in (C, CXX)}
 
@@ -490,12 +493,6 @@ def _dwp_units(dwp: Path) -> set[str]:
     return set(re.findall(r"^\s*\[\s*\d+\]\s+(0x[0-9a-f]+|0)\s", table, re.M))
 
 
-REDHAND_NO_ALTLINK = (
-    "drgn 0.3.0 leaves a dwz -m module in ModuleFileStatus.WANT_SUPPLEMENTARY until the "
-    ".gnu_debugaltlink file is offered; SourceLines._new_program never tries "
-    "module.wanted_supplementary_debug_file().supplementary_path, so it drops the module: "
-    "file=None, line=None and no inlined frames (drgn finds common.debug when offered)"
-)
 NO_DWARF5_DWP = (
     "binutils 2.40 dwp cannot package gcc 12's DWARF 5 .dwo files: `dwp -e` dies of SIGSEGV, "
     "and `dwp -o x.dwp a.dwo b.dwo` writes a version-2 .debug_cu_index with one unit of "
@@ -545,12 +542,8 @@ VARIANTS = [
         "build-id-strip-unneeded", lambda shop, out: _build_id_dir(shop, out, "strip-unneeded")
     ),
     Variant("dwz", _dwz_single),
-    Variant("dwz-multifile", _dwz_multi, REDHAND_NO_ALTLINK),
-    Variant(
-        "dwz-multifile-build-id",
-        lambda shop, out: _dwz_multi(shop, out, then_split=True),
-        REDHAND_NO_ALTLINK,
-    ),
+    Variant("dwz-multifile", _dwz_multi),
+    Variant("dwz-multifile-build-id", lambda shop, out: _dwz_multi(shop, out, then_split=True)),
     Variant("split-dwo-dwarf5", lambda shop, out: _split_dwarf(shop, out, 5, package=False)),
     Variant("split-dwo-dwarf4", lambda shop, out: _split_dwarf(shop, out, 4, package=False)),
     Variant("split-dwp-dwarf4", lambda shop, out: _split_dwarf(shop, out, 4, package=True)),

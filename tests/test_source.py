@@ -79,7 +79,7 @@ def _physical(frames: list[redhand.Frame], name: str) -> list[redhand.Frame]:
     ("text", "language", "real", "inlined"),
     [
         (INLINE_C, "c", "outer", ["leaf", "mid"]),
-        (INLINE_CXX, "c++", "shop::Cart::total", ["wait"]),
+        (INLINE_CXX, "c++", "shop::Cart::total", ["shop::Cart::wait() const"]),
     ],
 )
 def test_inline_chain_matches_addr2line(
