@@ -79,8 +79,9 @@ int main(int argc, char **argv) {
     int pid = atoi(argv[1]);
     int count = list_threads(pid);
     int maps = read_maps(pid);
-    char *buffer = malloc((size_t)count * 16384);
-    memset(buffer, 0, (size_t)count * 16384); /* faulted in before the freeze, as redhand does */
+    size_t prepared = (size_t)count * 16384;
+    char *buffer = malloc(prepared);
+    memset(buffer, 0, prepared); /* faulted in before the freeze, as redhand does */
     struct iovec local[BATCH], remote[BATCH];
 
     for (int i = 0; i < count; i++)
@@ -94,19 +95,35 @@ int main(int argc, char **argv) {
         struct iovec io = {&regs[i], sizeof regs[i]};
         ptrace(PTRACE_GETREGSET, tids[i], NT_PRSTATUS, &io);
     }
+    /* Each thread's range; a buffer larger than the one faulted in beforehand
+     * is allocated now, while frozen, as redhand does when its estimate is short. */
+    static unsigned long starts[MAX_THREADS];
+    static size_t lengths[MAX_THREADS];
+    size_t total = 0;
+    for (int i = 0; i < count; i++) {
+        unsigned long start = regs[i].rsp - RED_ZONE, end = mapping_end(maps, regs[i].rsp);
+        starts[i] = start;
+        lengths[i] = end == 0 ? 0 : (end - start > STACK_LIMIT ? STACK_LIMIT : end - start);
+        total += lengths[i];
+    }
+    if (total > prepared) {
+        buffer = malloc(total);
+        if (buffer == NULL) {
+            perror("malloc");
+            for (int i = 0; i < count; i++) ptrace(PTRACE_DETACH, tids[i], 0, 0);
+            return 1;
+        }
+    }
     size_t used = 0, copied = 0;
     for (int first = 0; first < count; first += BATCH) {
         int ranges = 0;
         size_t wanted = 0;
         for (int i = first; i < count && i < first + BATCH; i++) {
-            unsigned long start = regs[i].rsp - RED_ZONE, end = mapping_end(maps, regs[i].rsp);
-            if (end == 0) continue;
-            size_t length = end - start > STACK_LIMIT ? STACK_LIMIT : end - start;
-            if (used + length > (size_t)count * 16384) break;
-            local[ranges] = (struct iovec){buffer + used, length};
-            remote[ranges] = (struct iovec){(void *)start, length};
-            used += length;
-            wanted += length;
+            if (lengths[i] == 0) continue;
+            local[ranges] = (struct iovec){buffer + used, lengths[i]};
+            remote[ranges] = (struct iovec){(void *)starts[i], lengths[i]};
+            used += lengths[i];
+            wanted += lengths[i];
             ranges++;
         }
         ssize_t got = process_vm_readv(pid, local, ranges, remote, ranges, 0);

@@ -268,3 +268,37 @@ def test_tracer_thread_that_never_detaches(target: Target) -> None:
         target.assert_running("after captures that never detached")
     finally:
         driver.kill()
+
+
+_RAISING_HANDLER = r"""
+import _thread, signal, sys, time
+from redhand.proc import freeze
+
+class Alarm(Exception):
+    pass
+
+def handler(signum, frame):
+    raise Alarm("alarm")
+
+signal.signal(signal.SIGUSR1, handler)
+
+def work():
+    # A signal Python handles (and the caller's handler raises) while the
+    # caller waits for the tracer.
+    signal.pthread_kill(_thread.get_ident(), signal.SIGUSR1)
+    time.sleep(0.05)
+
+try:
+    freeze._run_as_tracer(work)
+except Alarm:
+    print("raised after the tracer finished")
+"""
+
+
+def test_a_raising_signal_handler_neither_hangs_nor_abandons_the_tracer() -> None:
+    """A host's handler that raises while a capture runs: re-raised once the tracer is done."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RAISING_HANDLER], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "raised after the tracer finished"

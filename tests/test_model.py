@@ -90,3 +90,25 @@ def test_backtrace_is_a_sequence() -> None:
     assert str(backtrace).splitlines()[0].startswith("#0 ")
     same = Backtrace(frames, EndReason.OUTERMOST)
     assert backtrace.key() == same.key()
+
+
+def test_constants_behave_like_enum_members() -> None:
+    import copy
+    import json
+    import pickle
+
+    from redhand.target.model import EndReason, Trust
+    from redhand.unwind.cfi import RuleKind
+
+    assert Trust("cfi") is Trust.CFI and EndReason("loop") is EndReason.LOOP
+    assert RuleKind(2) is RuleKind.OFFSET
+    with pytest.raises(ValueError, match="not a valid Trust"):
+        Trust("bogus")
+    assert list(Trust) == [Trust.CONTEXT, Trust.CFI, Trust.FP, Trust.SCAN] and len(Trust) == 4
+    assert Trust.CFI == "cfi" and f"{Trust.CFI}" == "cfi" and str(RuleKind.OFFSET) == "2"
+    assert Trust.CFI.name == "CFI" and Trust.CFI.value == "cfi" and type(Trust.CFI.value) is str
+    assert repr(EndReason.BAD_PC) == "<EndReason.BAD_PC: 'bad-pc'>"
+    assert pickle.loads(pickle.dumps(Trust.FP)) is Trust.FP
+    assert copy.deepcopy(Trust.FP) is Trust.FP
+    assert json.dumps({"trust": Trust.SCAN}) == '{"trust": "scan"}'
+    assert {Trust.CFI: 1}["cfi"] == 1

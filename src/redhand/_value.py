@@ -95,6 +95,14 @@ class _ConstantType(type):
     def __len__(cls) -> int:
         return len(cls._members)
 
+    def __call__(cls, value: object) -> Any:
+        """The member whose value is ``value`` (``Trust("cfi") is Trust.CFI``), as with enum."""
+        names: dict[object, str] = cls.__dict__.get("_names", {})
+        try:
+            return getattr(cls, names[value])
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid {cls.__name__}") from None
+
 
 class Constant(metaclass=_ConstantType):
     """The members of a closed set of named constants, in place of ``enum``.
@@ -141,7 +149,7 @@ def define(cls: type[Constant], **members: object) -> None:
     cls._names = {}
     cls._values = {}
     for name, value in members.items():
-        member = cls(value)  # type: ignore[call-arg]
+        member = type.__call__(cls, value)
         cls._names[value] = name
         cls._values[value] = value
         setattr(cls, name, member)

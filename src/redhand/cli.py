@@ -296,7 +296,10 @@ def fast_parse(argv: Sequence[str]) -> Arguments | None:
             by_flag[flag] = (option, True)
         if option.kind == SWITCH:
             by_flag["--no-" + option.flags[-1][2:]] = (option, False)
-        values[option.dest] = None if option.kind == APPEND else option.default
+        default = option.default
+        if option.kind == APPEND and default is not None:
+            default = list(default)  # type: ignore[call-overload]  # argparse appends to a copy
+        values[option.dest] = default
     positional: str | None = None
     index = 1
     while index < len(argv):
@@ -339,9 +342,6 @@ def fast_parse(argv: Sequence[str]) -> Arguments | None:
         values[dest] = parse(positional)
     except ValueError:
         return None
-    for option in command.options:
-        if option.kind == APPEND and values[option.dest] is None and option.default is not None:
-            values[option.dest] = list(option.default)  # type: ignore[call-overload]
     return Arguments(command=argv[0], run=command.run, **values)
 
 

@@ -16,7 +16,7 @@ The order of work:
 3. After: turn the copied words and bytes into values.
 
 **Never leave a target stopped.**  The frozen part runs in a thread of its own
-("redhand-tracer"), which is therefore the tracer of every seized thread:
+(the tracer), which is therefore the tracer of every seized thread:
 
 - Python delivers signals to the main thread only, so a Ctrl-C can never raise
   inside the frozen part; the caller's thread also blocks SIGINT, SIGTERM,
@@ -315,36 +315,48 @@ def _run_as_tracer(work: Callable[[], None]) -> None:
     reference machine, for a thread that needs none of it.
     """
     failure: list[BaseException] = []
-    native_id: list[int] = []
+    began: list[int] = []  # the tracer's native thread id, once it runs
+    finished: list[bool] = []  # set just before ``done`` is released
     done = _thread.allocate_lock()
     done.acquire()
 
     def body() -> None:
         try:
-            native_id.append(_thread.get_native_id())
+            began.append(_thread.get_native_id())
             work()
         except BaseException as error:  # handed to the caller
             failure.append(error)
         finally:
+            finished.append(True)
             done.release()
 
     held: BaseException | None = None
     previous = _signal.pthread_sigmask(_signal.SIG_BLOCK, _DEFERRED_SIGNALS)
     try:
-        started = False
+        # Started unless start_new_thread says it could not: an exception
+        # raised just after the thread started (by a signal handler of the
+        # caller's) must not let the caller run on while the tracer works.
+        started = True
         try:
             _thread.start_new_thread(body, ())
-            started = True
+        except RuntimeError as error:  # "can't start new thread"
+            started = False
+            held = error
         except BaseException as error:
             held = error
-        while started:
+        waited_since = time.monotonic()
+        # Waiting ends when the tracer says it has finished, not when the lock
+        # is taken: a signal handler may raise just after a successful
+        # acquire, and the lock must not be waited for a second time.
+        while started and not finished:
             try:
-                done.acquire()
-                break
+                done.acquire(timeout=0.05)
             except BaseException as error:  # re-raised once the tracer is done
                 held = held or error
-        if native_id:
-            _wait_for_thread_exit(native_id[0])
+            if not began and held is not None and time.monotonic() - waited_since > 1.0:
+                break  # the exception came before the thread could start
+        if began:
+            _wait_for_thread_exit(began[0])
     finally:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, previous)
     if held is not None:

@@ -84,6 +84,29 @@ def debug_file_candidates(
     return candidates
 
 
+def alternate_file_candidates(
+    path: str, name: str, build_id: str, debug_dirs: Sequence[str]
+) -> list[str]:
+    """Where dwz's alternate file ``name`` (.gnu_debugaltlink of the file at ``path``) may be.
+
+    The name as it is when absolute, else in the folder of ``path`` (and of
+    its real path); then by build-id (hex) in the debug folders, where
+    distributions install them.  In that order, whether they exist or not.
+    """
+    candidates = []
+    if os.path.isabs(name):
+        candidates.append(name)
+    else:
+        for folder in (os.path.dirname(path), os.path.dirname(os.path.realpath(path))):
+            candidates.append(os.path.join(folder, name))
+    if len(build_id) > 2:
+        for folder in debug_dirs:
+            candidates.append(
+                os.path.join(folder, ".build-id", build_id[:2], build_id[2:] + ".debug")
+            )
+    return list(dict.fromkeys(candidates))
+
+
 def _debuginfod_on(debuginfod: bool | None) -> bool:
     if debuginfod is None:
         return bool(os.environ.get("DEBUGINFOD_URLS", "").strip())

@@ -51,18 +51,17 @@ imported, or fails on a module or an address.
 
 from __future__ import annotations
 
-import contextlib
 import marshal
 import os
 import sys
 import zlib
 
 from redhand import cache
+from redhand.symbols.debugfile import alternate_file_candidates
 from redhand.target.module import VDSO, Module
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
     from typing import Any, TypeAlias
 
     _Location: TypeAlias = tuple[str | None, str | None, int | None, int | None]
@@ -252,9 +251,10 @@ class SourceLines:
         if found.debug_file_status == drgn.ModuleFileStatus.WANT_SUPPLEMENTARY:
             # dwz's alternate file (.gnu_debugaltlink, .debug_sup): drgn checks its build-id.
             wanted = found.wanted_supplementary_debug_file()
-            for candidate in _supplementary_candidates(
-                wanted.path, wanted.supplementary_path, wanted.checksum, module.debug_dirs
-            ):
+            candidates = alternate_file_candidates(
+                wanted.path, wanted.supplementary_path, wanted.checksum.hex(), module.debug_dirs
+            )
+            for candidate in filter(os.path.isfile, candidates):
                 found.try_file(candidate, force=True)
                 if found.debug_file_status != drgn.ModuleFileStatus.WANT_SUPPLEMENTARY:
                     break
@@ -332,30 +332,6 @@ class SourceLines:
         What is not flushed is written at exit.  Never raises.
         """
         _save(self._touched)
-
-
-def _supplementary_candidates(
-    path: str, name: str, checksum: bytes, debug_dirs: Sequence[str]
-) -> list[str]:
-    """Where dwz's alternate file ``name`` (from the file at ``path``) may be, existing ones only.
-
-    The name as it is when absolute, else in the folder of ``path`` (and of
-    its real path); then by build-id (``checksum``) in the debug folders,
-    where distributions install them.
-    """
-    candidates = []
-    if os.path.isabs(name):
-        candidates.append(name)
-    else:
-        for folder in (os.path.dirname(path), os.path.dirname(os.path.realpath(path))):
-            candidates.append(os.path.join(folder, name))
-    build_id = checksum.hex()
-    if len(build_id) > 2:
-        for folder in debug_dirs:
-            candidates.append(
-                os.path.join(folder, ".build-id", build_id[:2], build_id[2:] + ".debug")
-            )
-    return [candidate for candidate in dict.fromkeys(candidates) if os.path.isfile(candidate)]
 
 
 def _location(location: Any) -> _Location:
@@ -524,8 +500,10 @@ def _save(entries: list[_Entry]) -> None:
             continue
         entry.changed = False
         _UNSAVED.pop(id(entry), None)
-        with contextlib.suppress(Exception):  # the cache never is a source of errors
+        try:  # noqa: SIM105 (no contextlib on the path of `redhand stack`)
             _write(entry)
+        except Exception:  # the cache never is a source of errors
+            pass
         entry.new.clear()
         entry.used.clear()
 

@@ -41,6 +41,7 @@ import struct
 from bisect import bisect_right
 
 from redhand.elf.file import ElfFile, map_descriptor, open_regular_file
+from redhand.symbols.debugfile import alternate_file_candidates
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -524,21 +525,7 @@ class _DwarfFile:
             name = os.fsdecode(data[3:nul])
             length, position = _uleb(data, nul + 1)
             build_id = data[position : position + length].hex()
-        candidates = []
-        if os.path.isabs(name):
-            candidates.append(name)
-        else:
-            for folder in (
-                os.path.dirname(self.path),
-                os.path.dirname(os.path.realpath(self.path)),
-            ):
-                candidates.append(os.path.join(folder, name))
-        if len(build_id) > 2:
-            for folder in self.debug_dirs:
-                candidates.append(
-                    os.path.join(folder, ".build-id", build_id[:2], build_id[2:] + ".debug")
-                )
-        for candidate in candidates:
+        for candidate in alternate_file_candidates(self.path, name, build_id, self.debug_dirs):
             found = _open(candidate, self.debug_dirs)
             if (
                 found is not None

@@ -13,14 +13,18 @@ lines that do not parse are skipped.
 
 A live target's map is ``/tmp/perf-PID.map``; for a process in another mount
 namespace (a container), the same path under ``/proc/PID/root``, tried first.
-A core's is the map of its pid, under the sysroot if there is one, provided
-it was last written no later than the core: a map written after it belongs
-to a later process that was given the same pid.
+A core's is the map of its pid (under the sysroot, for a core from another
+machine, and only there), provided it names code in the core's anonymous
+executable memory: perf maps are never deleted, and a map left by an earlier
+process that had the same pid names none of it (ASLR puts JIT code
+elsewhere in each run).  Its age says nothing: a process that is still
+running (a core written by gcore) keeps appending to its map.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from bisect import bisect_right
 
 
@@ -54,14 +58,37 @@ class PerfMap:
 
     @classmethod
     def for_core(
-        cls, pid: int, core_path: str, sysroot: str | None = None
+        cls, pid: int, code: list[tuple[int, int]], sysroot: str | None = None
     ) -> tuple[PerfMap | None, str | None]:
         """The perf map the process of a core wrote, and a warning when one was refused.
 
-        ``/tmp/perf-PID.map`` (under ``sysroot`` first, for a core from another
-        machine), if it was last modified no later than the core file.
+        ``/tmp/perf-PID.map``, under ``sysroot`` when one is given; ``code`` is
+        the core's anonymous executable memory, as ``(start, end)`` ranges.
+        The map is used if one of its functions starts in that memory.
         """
-        return _core_map(pid, core_path, sysroot)
+        if not code:
+            return None, None  # no JIT code: nothing to name
+        root = "/" if sysroot is None else sysroot
+        path = os.path.join(root, "tmp", f"perf-{pid}.map")
+        try:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None, None
+        except OSError:
+            return None, None
+        found = cls(path)
+        starts = found._load()
+        if found.error is not None:
+            return None, found.error
+        ranges = sorted(code)
+        range_starts = [start for start, _end in ranges]
+        for start in starts:
+            at = bisect_right(range_starts, start) - 1
+            if at >= 0 and start < ranges[at][1]:
+                return found, None
+        return None, (
+            f"{path} ignored: it names none of the core's JIT code, so it was written by "
+            "another process that had the same pid (JIT frames stay unnamed)"
+        )
 
     @staticmethod
     def parse(text: str) -> list[tuple[int, int, str]]:
@@ -111,31 +138,6 @@ class PerfMap:
             if start <= address < start + max(size, 1):
                 return name, start, size
         return None
-
-
-def _core_map(pid: int, core_path: str, sysroot: str | None) -> tuple[PerfMap | None, str | None]:
-    """See :meth:`PerfMap.for_core`."""
-    name = f"perf-{pid}.map"
-    places = [os.path.join(sysroot, "tmp", name)] if sysroot is not None else []
-    places.append(os.path.join("/tmp", name))
-    try:
-        core_time = os.stat(core_path).st_mtime_ns
-    except OSError:
-        return None, None
-    for path in places:
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        if not os.path.isfile(path):
-            continue
-        if info.st_mtime_ns > core_time:
-            return None, (
-                f"{path} ignored: written after the core, so by a later process with the "
-                "same pid (JIT frames stay unnamed)"
-            )
-        return PerfMap(path), None
-    return None, None
 
 
 def _namespace_pid(pid: int) -> int:

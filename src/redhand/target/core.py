@@ -123,11 +123,10 @@ class CoreTarget(Target):
     def _perf_map(self) -> PerfMap | None:
         """The perf map the crashed process wrote, if it is still there (see PerfMap.for_core)."""
         if not self._perf_maps:
-            found, warning = (
-                PerfMap.for_core(self.pid, self.core_path, self.sysroot)
-                if self.pid
-                else (None, None)
-            )
+            code = [(m.start, m.end) for m in self.mappings if not m.path and "x" in m.perms]
+            found, warning = None, None
+            if self.pid:
+                found, warning = PerfMap.for_core(self.pid, code, self.sysroot)
             if warning is not None:
                 self.warnings.append(warning)
             self._perf_maps.append(found)

@@ -6,8 +6,8 @@ made of these values; nothing downstream asks where they came from.
 
 from __future__ import annotations
 
-# collections.abc imports collections (1-2 ms); _collections_abc, where its
-# classes live, is loaded with the interpreter.
+# _collections_abc, where collections.abc's classes live, is loaded with the
+# interpreter; collections.abc itself imports the collections package.
 from _collections_abc import Sequence
 
 from redhand._value import Constant, Value, define

@@ -89,8 +89,8 @@ DW_OP_nop = 0x96
 DW_OP_call_frame_cfa = 0x9C
 
 if TYPE_CHECKING:
+    # Gives the value of a register by DWARF number; raises ExpressionError when unknown.
     RegisterReader = Callable[[int], int]
-"""Gives the value of a register by DWARF number; raises ExpressionError when unknown."""
 
 
 class ExpressionError(CfiError):
