@@ -158,6 +158,17 @@ def _bias(target: redhand.Target, binary: Path) -> int:
     return next(m for m in target.modules if m.path == str(binary)).bias
 
 
+def _stack_text(pid: int, *options: str) -> str:
+    """The output of ``redhand stack [OPTIONS] PID``."""
+    return subprocess.run(
+        [sys.executable, "-m", "redhand.cli", "stack", *options, str(pid)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+
+
 def test_no_source_and_no_inline(tmp_path: Path) -> None:
     binary = compile_c(INLINE_C, tmp_path, ["-O2", "-g"])
     with LiveProgram([binary]) as program:
@@ -169,44 +180,14 @@ def test_no_source_and_no_inline(tmp_path: Path) -> None:
             assert not any(f.inlined for f in frames)
             outer = next(f for f in frames if f.function == "outer")
             assert outer.file is not None and outer.file.endswith(".c")
-        text = subprocess.run(
-            [sys.executable, "-m", "redhand.cli", "stack", "--source", str(program.pid)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        text = _stack_text(program.pid, "--source")
         assert "(inlined)" in text and " at " in text
-        plain = subprocess.run(
-            [sys.executable, "-m", "redhand.cli", "stack", "--no-source", str(program.pid)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        plain = _stack_text(program.pid, "--no-source")
         assert "(inlined)" not in plain and ".c:" not in plain
-        default = subprocess.run(  # `stack` is the quick look: no source lines unless asked
-            [sys.executable, "-m", "redhand.cli", "stack", str(program.pid)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        default = _stack_text(program.pid)  # `stack` is the quick look: no lines unless asked
         # the same but for the header's freeze time
         assert default.splitlines()[1:] == plain.splitlines()[1:]
-        document = json.loads(
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "redhand.cli",
-                    "stack",
-                    "--source",
-                    "--json",
-                    str(program.pid),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )
+        document = json.loads(_stack_text(program.pid, "--source", "--json"))
         assert "inlined" in json.dumps(document)
 
 
