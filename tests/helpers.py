@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import mmap
 import os
 import re
 import resource
+import select
 import selectors
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol, TypeVar
@@ -266,7 +269,11 @@ class ProgramFailed(RuntimeError):
 
 
 def thread_syscall(pid: int, tid: int) -> int | None:
-    """The system call a thread is blocked in (/proc/PID/task/TID/syscall), or None."""
+    """The system call a thread is blocked in (/proc/PID/task/TID/syscall), or None.
+
+    None also when the thread is running on a CPU (the kernel says
+    ``running``) or has exited.
+    """
     try:
         text = Path(f"/proc/{pid}/task/{tid}/syscall").read_text()
     except OSError:
@@ -275,8 +282,131 @@ def thread_syscall(pid: int, tid: int) -> int | None:
     return int(first) if first.isdigit() else None
 
 
-def wait_until(condition: _Condition, timeout: float, what: str) -> None:
-    """Poll ``condition`` (every millisecond at first, backing off) until true."""
+PARKING_SYSCALLS = frozenset(
+    {
+        0,  # read
+        7,  # poll
+        23,  # select
+        34,  # pause
+        35,  # nanosleep
+        43,  # accept
+        45,  # recvfrom
+        47,  # recvmsg
+        61,  # wait4
+        128,  # rt_sigtimedwait
+        SYS_RT_SIGSUSPEND,
+        SYS_FUTEX,
+        SYS_RESTART_SYSCALL,  # a sleep restarted after a ptrace stop
+        SYS_CLOCK_NANOSLEEP,
+        SYS_EPOLL_WAIT,
+        247,  # waitid
+        270,  # pselect6
+        271,  # ppoll
+        281,  # epoll_pwait
+        288,  # accept4
+    }
+)
+"""System calls a test program parks in: it stays there until the test ends it.
+
+A thread blocked in one of these is in the state the test inspects; a
+thread in any other system call (``write`` of its "ready" line, say) or
+running is not there yet.
+"""
+
+
+def thread_parked(pid: int, tid: int, syscalls: Collection[int] = PARKING_SYSCALLS) -> bool:
+    """Whether the thread sleeps in one of ``syscalls`` (a parking call by default).
+
+    /proc/PID/task/TID/syscall gives the number only while the thread is
+    off the CPU inside a system call, and its state must say it sleeps
+    (S, or D for an uninterruptible wait): a thread preempted on its way
+    in or out is not parked.
+    """
+    if thread_syscall(pid, tid) not in syscalls:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state in ("S", "D")
+
+
+def process_tids(pid: int) -> list[int]:
+    """The threads of a process now (/proc/PID/task), in tid order; [] once it is gone."""
+    try:
+        return sorted(int(name) for name in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+def thread_comm(pid: int, tid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().rstrip("\n")
+    except OSError:
+        return None
+
+
+def unparked_threads(
+    pid: int,
+    *,
+    expected: Mapping[int, int] | None = None,
+    running: Callable[[int], bool] | None = None,
+) -> list[str]:
+    """The threads of ``pid`` not yet in the state a test inspects, described; [] when all are.
+
+    ``expected`` maps tids to the system call each must sleep in (a
+    restarted sleep counts too); every other thread must sleep in a parking
+    call (:data:`PARKING_SYSCALLS`), except those for which ``running(tid)``
+    is true: threads that are meant to run (spinners, heartbeats).
+    """
+    expected = expected or {}
+    problems = []
+    tids = process_tids(pid)
+    if not tids:
+        return [f"process {pid} is gone"]
+    for tid in tids:
+        if tid in expected:
+            wanted = {expected[tid], SYS_RESTART_SYSCALL}
+            if not thread_parked(pid, tid, wanted):
+                problems.append(f"{tid} ({thread_comm(pid, tid)}) not in syscall {expected[tid]}")
+        elif (running is None or not running(tid)) and not thread_parked(pid, tid):
+            now = thread_syscall(pid, tid)
+            where = "running" if now is None else f"in syscall {now}"
+            problems.append(f"{tid} ({thread_comm(pid, tid)}) {where}")
+    missing = set(expected) - set(tids)
+    problems += [f"{tid} has exited" for tid in sorted(missing)]
+    return problems
+
+
+def wait_parked(
+    pid: int,
+    *,
+    expected: Mapping[int, int] | None = None,
+    running: Callable[[int], bool] | None = None,
+    timeout: float = 60.0,
+) -> None:
+    """Wait until every thread of ``pid`` sleeps where the test expects it (see
+    :func:`unparked_threads`), all at one moment; TimeoutError says which are not."""
+    problems: list[str] = []
+
+    def parked() -> bool:
+        nonlocal problems
+        problems = unparked_threads(pid, expected=expected, running=running)
+        return not problems
+
+    try:
+        wait_until(parked, f"the threads of {pid} to park", timeout)
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}: {'; '.join(problems)}") from None
+
+
+def wait_until(condition: _Condition, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` (every millisecond at first, backing off) until true.
+
+    ``timeout`` is a bound against a hang, never a measure of speed: it is
+    generous, for a machine busy with other work.  TimeoutError names ``what``.
+    """
     deadline = time.monotonic() + timeout
     delay = 0.001
     while not condition():
@@ -290,15 +420,24 @@ class _Condition(Protocol):
     def __call__(self) -> bool: ...
 
 
+EVERY_THREAD = frozenset({"*"})
+"""``LiveProgram(running=EVERY_THREAD)``: no thread is required to park."""
+
+
 class LiveProgram:
     """A test program running as a live target, killed and reaped on exit.
 
     The program prints ``thread NAME TID`` for each of its threads, then
-    ``ready``.  Entering the context starts it and reads its stdout until
-    "ready" (or ``timeout``: no sleeps).  ``blocked`` maps thread names to
-    the system call each must be blocked in before the program counts as
-    ready (restart_syscall also counts, for a syscall restarted after a
-    tracer stopped it); :meth:`wait_blocked` checks again later.
+    ``ready``, then parks each thread in a blocking system call.  Entering
+    the context starts it, reads its stdout until "ready" (or ``timeout``:
+    no sleeps), then waits until the program is in the state the test
+    inspects, not merely past its "ready" line: every thread asleep in a
+    parking call (:data:`PARKING_SYSCALLS`), the ones named in ``blocked``
+    in that very call (restart_syscall counts too, for a sleep restarted
+    after a tracer stopped it).  Threads named in ``running`` (by the name
+    the program reported or by their comm) may do anything; ``EVERY_THREAD``
+    waits for none.  :meth:`wait_blocked` checks again later (after gdb
+    let go, say).
 
     ``pid`` and ``tids`` (name -> tid, as the program reported them) are set
     once it is ready.  Leaving the context kills the process by its pid
@@ -309,12 +448,18 @@ class LiveProgram:
         self,
         argv: Sequence[str | os.PathLike[str]],
         *,
-        timeout: float = 15.0,
+        timeout: float = 60.0,
         blocked: Mapping[str, int] | None = None,
+        running: Collection[str] = (),
+        cwd: str | os.PathLike[str] | None = None,
+        preexec_fn: Callable[[], object] | None = None,
     ) -> None:
         self.argv = [os.fspath(arg) for arg in argv]
         self.timeout = timeout
         self.blocked = dict(blocked or {})
+        self.running = frozenset(running)
+        self.cwd = cwd
+        self.preexec_fn = preexec_fn
         self.tids: dict[str, int] = {}
         self.process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
@@ -325,6 +470,11 @@ class LiveProgram:
         assert self.process is not None, "the program is not running"
         return self.process.pid
 
+    @property
+    def output(self) -> list[str]:
+        """The lines the program printed up to "ready"."""
+        return list(self._output)
+
     def name_of(self, tid: int) -> str | None:
         """The name the program gave the thread, or None if it did not report it."""
         return next((name for name, value in self.tids.items() if value == tid), None)
@@ -332,7 +482,12 @@ class LiveProgram:
     def __enter__(self) -> LiveProgram:
         self._stderr = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            cwd=self.cwd,
+            preexec_fn=self.preexec_fn,
         )
         try:
             self._read_until_ready()
@@ -369,24 +524,35 @@ class LiveProgram:
                     if len(words) == 3 and words[0] == "thread":
                         self.tids[words[1]] = int(words[2])
 
+    def _may_run(self, tid: int) -> bool:
+        if self.running == EVERY_THREAD:
+            return True
+        name = self.name_of(tid)
+        return (name is not None and name in self.running) or thread_comm(
+            self.pid, tid
+        ) in self.running
+
     def wait_blocked(self, timeout: float | None = None) -> None:
-        """Wait until every thread named in ``blocked`` sits in its system call."""
+        """Wait until the program is where the test inspects it (see the class).
+
+        Every thread named in ``blocked`` sleeps in its system call and every
+        other thread, except those allowed to run, in a parking call.
+        """
+        expected = {}
         for name, number in self.blocked.items():
             tid = self.tids.get(name)
             if tid is None:
                 raise ProgramFailed(self._failure(f"never reported a thread named {name!r}"))
-
-            def in_syscall(tid: int = tid, number: int = number) -> bool:
-                return thread_syscall(self.pid, tid) in (number, SYS_RESTART_SYSCALL)
-
-            try:
-                wait_until(
-                    in_syscall,
-                    timeout or self.timeout,
-                    f"thread {name} ({tid}) in syscall {number}",
-                )
-            except TimeoutError as error:
-                raise ProgramFailed(self._failure(str(error))) from None
+            expected[tid] = number
+        try:
+            wait_parked(
+                self.pid,
+                expected=expected,
+                running=self._may_run,
+                timeout=timeout or self.timeout,
+            )
+        except TimeoutError as error:
+            raise ProgramFailed(self._failure(str(error))) from None
 
     def _failure(self, what: str) -> str:
         stderr = b""
@@ -412,6 +578,158 @@ class LiveProgram:
                 process.stdout.close()
             if self._stderr is not None:
                 self._stderr.close()
+
+
+HEARTBEAT_PROGRAM = PROGRAMS / "threads_heartbeat.c"
+HEARTBEAT_FIELDS = (
+    *("ticks", "max_gap_ns", "last_ns", "reset", "reset_ack"),
+    *("churned", "spins", "usr1", "vforks"),
+)
+"""The 64-bit fields of struct heartbeat in threads_heartbeat.c, in order."""
+
+_HEARTBEAT_RUNNING = ("heartbeat", "spin", "churn", "vfork")
+"""threads_heartbeat's threads that run rather than park (by comm prefix)."""
+
+
+def build_heartbeat(directory: Path) -> Path:
+    """threads_heartbeat.c compiled into ``directory`` (-O1 -g -pthread)."""
+    return compile_c(str(HEARTBEAT_PROGRAM.name), directory, ["-O1", "-g", "-pthread"])
+
+
+def thread_state(pid: int, tid: int) -> str | None:
+    """The state letter of /proc/PID/task/TID/stat (S, R, t, T, Z, ...), None once gone."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def tracer_of(pid: int, tid: int | None = None) -> int:
+    """TracerPid of a process (or one of its threads); 0 when none traces it."""
+    where = f"/proc/{pid}/task/{tid}/status" if tid is not None else f"/proc/{pid}/status"
+    for line in Path(where).read_text().splitlines():
+        if line.startswith("TracerPid:"):
+            return int(line.split()[1])
+    return 0
+
+
+class HeartbeatProgram:
+    """tests/programs/threads_heartbeat.c running: workers parked in different calls,
+    a heartbeat thread that records the longest gap between its ticks.
+
+    Starting it waits for "ready", then until every worker sleeps in its
+    call (the heartbeat, spinning, churning and vforking threads excepted).
+    The heartbeat's fields are read from the file it maps shared.
+    ``close`` (or leaving the context) kills it by its pid and reaps it.
+    """
+
+    def __init__(
+        self, exe: Path, heartbeat_path: Path, workers: int, *options: str, timeout: float = 60.0
+    ) -> None:
+        self.heartbeat_path = heartbeat_path
+        self.timeout = timeout
+        self._map: mmap.mmap | None = None
+        self.process = subprocess.Popen(
+            [str(exe), str(workers), str(heartbeat_path), *options],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert self.process.stdout is not None
+            ready, _, _ = select.select([self.process.stdout], [], [], timeout)
+            line = self.process.stdout.readline() if ready else b""
+            if line != b"ready\n":
+                raise ProgramFailed(f"{exe}: did not say ready (got {line!r})")
+            with open(heartbeat_path, "r+b") as file:
+                self._map = mmap.mmap(file.fileno(), 8 * len(HEARTBEAT_FIELDS))
+            self.wait_settled()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> HeartbeatProgram:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def runs(self, tid: int) -> bool:
+        """Whether the thread is one that runs rather than parks (or the exited leader)."""
+        comm = thread_comm(self.pid, tid) or ""
+        return comm.startswith(_HEARTBEAT_RUNNING) or thread_state(self.pid, tid) == "Z"
+
+    def wait_settled(self) -> None:
+        """Wait until every parking thread sleeps in its call (again, after a capture)."""
+        try:
+            wait_parked(self.pid, running=self.runs, timeout=self.timeout)
+        except TimeoutError as error:
+            raise ProgramFailed(str(error)) from None
+
+    def field(self, name: str) -> int:
+        assert self._map is not None
+        value: int = struct.unpack_from("<Q", self._map, 8 * HEARTBEAT_FIELDS.index(name))[0]
+        return value
+
+    def reset_gap(self) -> None:
+        """Start a new measurement of the heartbeat's longest gap."""
+        assert self._map is not None
+        reset = self.field("reset") + 1
+        struct.pack_into("<Q", self._map, 8 * HEARTBEAT_FIELDS.index("reset"), reset)
+        wait_until(lambda: self.field("reset_ack") == reset, "the heartbeat to reset", self.timeout)
+
+    def wait_ticks(self, count: int = 3) -> None:
+        """Wait until the heartbeat has ticked ``count`` more times: it runs."""
+        start = self.field("ticks")
+        wait_until(lambda: self.field("ticks") >= start + count, "heartbeat ticks", self.timeout)
+
+    def gap_ms_of(self, action: Callable[[], object]) -> float:
+        """The heartbeat's longest gap (ms) around ``action``: how long it was kept
+        from running, as it saw it.  A figure to print, not to assert on."""
+        self.reset_gap()
+        action()
+        self.wait_ticks()
+        return self.field("max_gap_ns") / 1e6
+
+    def states(self) -> dict[int, tuple[str, str]]:
+        """tid -> (name, state letter) of every thread now."""
+        states = {}
+        for tid in process_tids(self.pid):
+            comm, state = thread_comm(self.pid, tid), thread_state(self.pid, tid)
+            if comm is not None and state is not None:
+                states[tid] = (comm, state)
+        return states
+
+    def stopped(self) -> list[tuple[int, str, str]]:
+        return [(tid, n, s) for tid, (n, s) in self.states().items() if s in ("t", "T")]
+
+    def tid_named(self, name: str) -> int:
+        for tid, (comm, _) in self.states().items():
+            if comm == name:
+                return tid
+        raise AssertionError(f"no thread named {name}")
+
+    def assert_running(self, why: str = "") -> None:
+        """No thread stopped (t or T), nothing traces it, and the heartbeat ticks."""
+        stopped = self.stopped()
+        assert stopped == [], f"{why}: threads left stopped: {stopped}"
+        assert tracer_of(self.pid) == 0, f"{why}: still traced"
+        self.wait_ticks()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+        for stream in (self.process.stdin, self.process.stdout):
+            if stream is not None:
+                stream.close()
+        if self._map is not None:
+            self._map.close()
+            self._map = None
 
 
 def read_maps(pid: int) -> list[tuple[int, int, int, str]]:
@@ -1252,6 +1570,7 @@ def gcore_of_live(argv: list[str], workdir: Path, threads: int) -> tuple[Path, l
             if line.strip() == "ready":
                 break
         assert len(tids) == threads, f"the program reported {tids}"
+        wait_parked(process.pid)  # every thread in its pause() or poll()
         subprocess.run(
             ["gdb", "-batch", "-nx", "-p", str(process.pid), "-ex", f"gcore {core}"],
             capture_output=True,

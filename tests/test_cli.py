@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import LiveProgram, compile_c
+from helpers import LiveProgram, compile_c, thread_state, tracer_of, wait_until
 
 from redhand.cli import main
 
@@ -198,10 +198,7 @@ def test_error_kernel_thread() -> None:
 def test_error_zombie(workers_binary: Path) -> None:
     child = subprocess.Popen(["sh", "-c", "exit 0"])
     try:
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: thread_state(child.pid, child.pid) == "Z", "the child to exit")
         _assert_one_line_error(run_redhand("stack", str(child.pid)), 7, "zombie")
     finally:
         child.wait()
@@ -209,19 +206,13 @@ def test_error_zombie(workers_binary: Path) -> None:
 
 def test_error_already_traced(workers: LiveProgram) -> None:
     tracer = subprocess.Popen(
-        ["gdb", "-batch", "-nx", "-p", str(workers.pid), "-ex", "shell sleep 30"],
+        ["gdb", "-batch", "-nx", "-p", str(workers.pid), "-ex", "shell sleep 600"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            status = Path(f"/proc/{workers.pid}/status").read_text()
-            if f"TracerPid:\t{tracer.pid}" in status or "TracerPid:\t0" not in status:
-                break
-            assert time.monotonic() < deadline, "gdb did not attach"
-            time.sleep(0.05)
+        wait_until(lambda: tracer_of(workers.pid) != 0, "gdb to attach")
         _assert_one_line_error(
             run_redhand("stack", str(workers.pid)), 5, "already traced", str(workers.pid)
         )
@@ -250,16 +241,16 @@ def _wait_for_handlers(pid: int) -> None:
     (A signal during Python's start-up, before any of redhand's code runs,
     gets Python's default behaviour; that is not what this test is about.)
     """
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def catches_sigterm() -> bool:
         try:
             status = Path(f"/proc/{pid}/status").read_text()
         except FileNotFoundError:
-            return
+            return True  # it has ended already
         caught = int(status.split("SigCgt:")[1].split()[0], 16)
-        if caught & (1 << (signal.SIGTERM - 1)):
-            return
-        time.sleep(0.001)
+        return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+    wait_until(catches_sigterm, "redhand to install its signal handlers")
 
 
 def test_interrupted_command_leaves_the_target_running(workers: LiveProgram) -> None:

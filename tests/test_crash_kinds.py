@@ -29,7 +29,7 @@ from helpers import (
     compile_c,
     kernel_writes_cores_here,
     rustc,
-    thread_syscall,
+    thread_parked,
     unlimited_core,
     wait_until,
 )
@@ -302,8 +302,7 @@ def test_killed_from_outside(build_dir: Path, tmp_path: Path) -> None:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "ready"
         wait_until(
-            lambda: thread_syscall(process.pid, process.pid) in (SYS_PAUSE, SYS_RT_SIGSUSPEND),
-            10,
+            lambda: thread_parked(process.pid, process.pid, {SYS_PAUSE, SYS_RT_SIGSUSPEND}),
             "the program to sleep in pause()",
         )
         os.kill(process.pid, signal.SIGSEGV)

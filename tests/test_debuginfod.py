@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 from helpers import LiveProgram, compile_c
@@ -102,6 +103,10 @@ def programs(build_dir: Path, tmp_path: Path) -> tuple[Path, Path, str]:
     return stripped, served, build_id
 
 
+def _no_network(*args: object, **kwargs: object) -> NoReturn:
+    raise AssertionError("a server was asked")
+
+
 @contextlib.contextmanager
 def debuginfod_server(folder: Path, database: Path, build_id: str) -> Iterator[str]:
     """elfutils' debuginfod serving ``folder`` on 127.0.0.1; its URL once it has indexed."""
@@ -159,13 +164,13 @@ def test_names_from_a_debug_file_only_the_server_has(
             assert elf.build_id == build_id
         assert not [p for p in cached.parent.iterdir() if p.name != "debuginfo"]
 
-        # Server gone, symbol indexes forgotten: the downloaded file serves again.
+        # Server gone, symbol indexes forgotten: the downloaded file serves again,
+        # and no server is asked for it.
         table.clear_cache()
         shutil.rmtree(clean_environment / "redhand" / "symbols", ignore_errors=True)
-        started = time.monotonic()
+        monkeypatch.setattr(debuginfod, "_download", _no_network)
         names = names_of(program.pid)
         assert INTERNAL[0] in names and INTERNAL[1] in names, names
-        assert time.monotonic() - started < 5
 
 
 def test_cache_path_and_fetch_api(
@@ -200,16 +205,14 @@ def test_offline_is_quick_and_quiet(
     stripped, _served, build_id = programs
     monkeypatch.setenv("DEBUGINFOD_URLS", f"http://127.0.0.1:{free_port()}")
     with LiveProgram([stripped]) as program:
-        started = time.monotonic()
         names = names_of(program.pid)
-        assert time.monotonic() - started < 5
         assert not set(INTERNAL) & set(names)
     marker = clean_environment / "redhand" / "debuginfod" / build_id / "debuginfo"
     assert marker.exists() and marker.stat().st_size == 0  # the miss, remembered
     problems: list[str] = []
-    started = time.monotonic()
-    assert debuginfod.fetch_debuginfo(build_id, problems=problems) is None
-    assert time.monotonic() - started < 0.5
+    with monkeypatch.context() as patch:  # a recent miss asks no server
+        patch.setattr(debuginfod, "_download", _no_network)
+        assert debuginfod.fetch_debuginfo(build_id, problems=problems) is None
     assert "recent miss" in problems[0]
     # Once the miss is old, the servers are asked again, but not one that
     # could not be reached earlier in this process.
@@ -290,7 +293,9 @@ def test_a_server_that_never_answers_is_given_up_on(
         started = time.monotonic()
         problems: list[str] = []
         assert debuginfod.fetch_debuginfo(build_id, problems=problems) is None
-        assert time.monotonic() - started < 3, problems
+        # The server never answers: only DEBUGINFOD_TIMEOUT ended the wait
+        # (a generous bound, for a busy machine).
+        assert time.monotonic() - started < 30, problems
         assert problems
 
 

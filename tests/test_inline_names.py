@@ -419,7 +419,7 @@ def test_corrupt_dwarf_never_raises(tmp_path: Path, section: str) -> None:
                 and (full is None or isinstance(full, str))
                 for short, full in names
             )
-        assert time.monotonic() - started < 30
+        assert time.monotonic() - started < 300  # a bound against a runaway loop
 
 
 def test_corrupt_dwarf_live(tmp_path: Path) -> None:

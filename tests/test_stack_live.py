@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import LiveProgram, compile_c
+from helpers import EVERY_THREAD, LiveProgram, compile_c
 
 import redhand
 
@@ -28,7 +28,7 @@ int main(void) {
 def test_frames_in_the_vdso(tmp_path: Path) -> None:
     """A thread caught inside the vdso: named from the vdso image read out of the process."""
     binary = compile_c(VDSO_SPINNER, tmp_path, ["-O1", "-g"])
-    with LiveProgram([binary]) as program:
+    with LiveProgram([binary], running=EVERY_THREAD) as program:
         for _ in range(200):
             with redhand.attach(program.pid) as target:
                 backtrace = target.threads[0].backtrace()
@@ -47,7 +47,10 @@ def test_frames_in_the_vdso(tmp_path: Path) -> None:
 def test_python_api(tmp_path: Path) -> None:
     """`redhand.attach` gives a Target whose threads' backtraces are sequences of Frames."""
     binary = compile_c(VDSO_SPINNER, tmp_path, ["-O1", "-g"])
-    with LiveProgram([binary]) as program, redhand.attach(program.pid) as target:
+    with (
+        LiveProgram([binary], running=EVERY_THREAD) as program,
+        redhand.attach(program.pid) as target,
+    ):
         assert target.pid == program.pid
         assert target.exe == str(binary)
         assert target.frozen_ns is not None and target.frozen_ns > 0

@@ -407,14 +407,15 @@ def capture(build: BuildSpec, build_dir: Path) -> Capture:
     blocked = {
         thread.name: thread.syscall for thread in build.threads if thread.syscall is not None
     }
-    with LiveProgram([binary], blocked=blocked) as program:
+    running = {thread.name for thread in build.threads if thread.syscall is None}
+    with LiveProgram([binary], blocked=blocked, running=running) as program:
         pid = program.pid
         proc_tids, proc_names = _proc_threads(pid)
         maps = read_maps(pid)
         gdb, gdb_text = run_gdb_backtraces(pid)
         # One tracer at a time: gdb has exited; wait until the kernel says no
         # one traces the process and every blocked thread is back in its call.
-        wait_until(lambda: _tracer_of(pid) == 0, 10.0, f"gdb to let go of {pid}")
+        wait_until(lambda: _tracer_of(pid) == 0, f"gdb to let go of {pid}")
         program.wait_blocked()
         result = Capture(
             build=build,

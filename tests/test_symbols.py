@@ -539,4 +539,4 @@ def test_mutated_files_never_raise_from_lookups(built: dict[str, Path]) -> None:
             match = symbols.lookup(0x1000 + address)
             assert match is None or isinstance(match.symbol.name, str)
         _ = symbols.sources
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 600  # a bound against a runaway loop
