@@ -92,7 +92,8 @@ def test_text_groups_identical_stacks(workers: LiveProgram, capsys) -> None:  # 
     assert lines[0].startswith(f"process {workers.pid} (")
     assert "5 threads" in lines[0] and "frozen for" in lines[0]
     tids = " ".join(str(workers.tids[f"worker{i}"]) for i in range(4))
-    assert f'4 threads ({tids}) "' in out
+    name = Path(f"/proc/{workers.pid}/comm").read_text().strip()  # unnamed: the program's
+    assert f'4 threads "{name}" ({tids}):' in out
     assert f"thread {workers.pid} " in out
     for name in ("park", "middle", "worker", "start_thread", "main", "pause"):
         assert f" in {name}+0x" in out, name

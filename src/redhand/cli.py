@@ -472,7 +472,7 @@ def run_stack(args: Arguments) -> int:
     ) as target:
         report = build_stack_report(
             target,
-            group=not args.no_group and not args.json,
+            group=not args.no_group,
             tids=set(tids) if tids else None,
             max_frames=args.max_frames,
             show_timing=args.timing,
@@ -518,7 +518,7 @@ def run_core(args: Arguments) -> int:
     ):
         report = build_core_report(
             target,
-            group=not args.no_group and not args.json,
+            group=not args.no_group,
             max_frames=args.max_frames,
             all_frames=args.all_frames,
         )

@@ -79,7 +79,7 @@ def _process_lines(target: Target, style: Style) -> list[str]:
     title = f"core of process {target.pid}"
     if target.exe:
         title += f" ({target.exe})"
-    title += f", {count} thread{'s' if count != 1 else ''}"
+    title += f", {count:,} thread{'s' if count != 1 else ''}"
     lines = [style(title, "bold")]
     if core_path:
         lines.append(f"core file: {core_path}" + (f" ({compression})" if compression else ""))

@@ -182,20 +182,138 @@ def _milliseconds(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
+TIDS_SHOWN = 3
+"""Thread ids a group's title lists before saying how many it left out."""
+
+NAMES_SHOWN = 3
+"""Names (or numbered families of names) a group's title lists before the rest are counted."""
+
+MANY_THREADS = 16
+"""From this many threads on, a report says what the freeze cost per thread and
+sums the threads up by state before showing them."""
+
+STATE_WORDS = {
+    "R": "running",
+    "S": "sleeping",
+    "D": "in uninterruptible wait",
+    "T": "stopped",
+    "t": "stopped by a tracer",
+    "Z": "zombie",
+    "X": "dead",
+    "I": "idle",
+    "P": "parked",
+}
+
+
+def _numbered(name: str) -> tuple[str, str, str] | None:
+    """A name cut around its last run of digits: ``("w-", "0042", "")``; None without one."""
+    end = len(name)
+    while end and not name[end - 1].isdigit():
+        end -= 1
+    if not end:
+        return None
+    start = end
+    while start and name[start - 1].isdigit():
+        start -= 1
+    return name[:start], name[start:end], name[end:]
+
+
+def summarize_names(names: list[str], shown: int = NAMES_SHOWN) -> str:
+    """Thread names for a title: ``"w-0000" … "w-0999"``, ``"main", "io"``.
+
+    Names that differ only in a number (``w-0000`` … ``w-0999``) are one
+    family, shown by its lowest and highest member; other names are listed
+    as they are.  At most ``shown`` entries, then how many names were left out.
+    """
+    order: list[str | tuple[str, str]] = []
+    families: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for name in dict.fromkeys(names):
+        parts = _numbered(name)
+        if parts is None:
+            order.append(name)
+            continue
+        key = (parts[0], parts[2])
+        if key not in families:
+            families[key] = []
+            order.append(key)
+        families[key].append((int(parts[1]), name))
+    entries: list[tuple[str, int]] = []  # (text, how many names it stands for)
+    for item in order:
+        if isinstance(item, str):
+            entries.append((f'"{item}"', 1))
+            continue
+        members = sorted(families[item])
+        if len(members) <= 2:
+            entries.extend((f'"{name}"', 1) for _number, name in members)
+        else:
+            entries.append((f'"{members[0][1]}" … "{members[-1][1]}"', len(members)))
+    if len(entries) <= shown + 1:
+        return ", ".join(text for text, _count in entries)
+    left = sum(count for _text, count in entries[shown:])
+    return ", ".join(text for text, _count in entries[:shown]) + f" and {left:,} more names"
+
+
+def summarize_tids(tids: list[int], shown: int = TIDS_SHOWN) -> str:
+    """``27937 27940 27943 … and 331 more``; every tid when there are few."""
+    if len(tids) <= shown + 2:
+        return " ".join(str(tid) for tid in tids)
+    listed = " ".join(str(tid) for tid in tids[:shown])
+    return f"{listed} … and {len(tids) - shown:,} more"
+
+
 def _group_title(group: ThreadGroup, style: Style) -> str:
-    names = list(dict.fromkeys(thread.name for thread in group.threads))
-    quoted = ", ".join(f'"{name}"' for name in names)
+    names = summarize_names([thread.name for thread in group.threads])
     if len(group.threads) == 1:
         thread = group.threads[0]
-        title = f"thread {thread.tid} {quoted}"
+        title = f"thread {thread.tid} {names}"
         if thread.crashed:
             signal = thread.siginfo.name if thread.siginfo is not None else thread.signal
             return style(f"{title} (crashed: {signal})", "bold", "red") + ":"
         if thread.state:
             title += f" ({thread.state})"
         return style(title, "bold") + ":"
-    tids = " ".join(str(tid) for tid in group.tids)
-    return style(f"{len(group.threads)} threads ({tids}) {quoted}", "bold") + ":"
+    tids = summarize_tids(group.tids)
+    return style(f"{len(group.threads):,} threads {names} ({tids})", "bold") + ":"
+
+
+def thread_summary(report: StackReport) -> str | None:
+    """One line on the shape of a large process, before any frame:
+    ``1,001 threads: 1,000 sleeping in 3 stacks, 1 running``; None for a few threads."""
+    threads = [thread for group in report.groups for thread in group.threads]
+    if len(report.target.threads) < MANY_THREADS:
+        return None
+    # state -> (threads, the groups they are in), in the order states first appear
+    counts: dict[str, list[int]] = {}
+    stacks: dict[str, set[int]] = {}
+    for number, group in enumerate(report.groups):
+        for thread in group.threads:
+            if thread.crashed:
+                word = "crashed"
+            elif thread.state is None:
+                word = "" if thread.registers is not None else "not captured"
+            else:
+                word = STATE_WORDS.get(thread.state, f"in state {thread.state}")
+            counts.setdefault(word, []).append(thread.tid)
+            stacks.setdefault(word, set()).add(number)
+    parts = []
+    for word, tids in sorted(counts.items(), key=lambda item: -len(item[1])):
+        text = f"{len(tids):,} {word}".rstrip()
+        if len(tids) > 1:
+            count = len(stacks[word])
+            text += f" in {count:,} stack{'s' if count != 1 else ''}"
+        parts.append(text)
+    shown = len(threads)
+    total = len(report.target.threads)
+    head = f"{total:,} threads" if shown == total else f"{shown:,} of {total:,} threads"
+    return f"{head}: {', '.join(parts)}"
+
+
+def format_freeze(frozen_ns: int, threads: int) -> str:
+    """``frozen for 13.80 ms``, with the cost per thread when there are many."""
+    text = f"frozen for {frozen_ns / 1e6:.2f} ms"
+    if threads >= MANY_THREADS:
+        text += f" ({frozen_ns / 1e3 / threads:.1f} µs per thread)"
+    return text
 
 
 def format_location(frame: Frame) -> str:
@@ -252,9 +370,9 @@ def render_stack_text(report: StackReport, stream: TextIO, style: Style | None =
     header = f"process {target.pid}"
     if target.exe:
         header += f" ({target.exe})"
-    header += f", {count} thread{'s' if count != 1 else ''}"
+    header += f", {count:,} thread{'s' if count != 1 else ''}"
     if target.frozen_ns is not None:
-        header += f", frozen for {target.frozen_ns / 1e6:.2f} ms"
+        header += ", " + format_freeze(target.frozen_ns, count)
     write(style(header, "bold") + "\n")
     for warning in target.warnings:
         write(style(f"warning: {warning}", "red") + "\n")
@@ -289,8 +407,12 @@ def format_recursion(recursion: Recursion) -> str:
 
 
 def render_groups(report: StackReport, stream: TextIO, style: Style) -> None:
-    """Each group of threads: a title, its frames, and why its backtrace stops."""
+    """A summary line for a large process, then each group of threads: a title,
+    its frames, and why its backtrace stops."""
     write = stream.write
+    summary = thread_summary(report)
+    if summary is not None:
+        write("\n" + summary + "\n")
     for group in report.groups:
         write("\n" + _group_title(group, style) + "\n")
         backtrace = group.backtrace
