@@ -39,6 +39,9 @@ BUDGET = 600.0  # seconds for the whole signal test: a bound against a hang
 DRIVER = r"""
 import os, random, signal, sys, time
 import redhand.proc.freeze
+# Python leaves SIGINT ignored when it starts so (a test run from a background
+# job): this driver must feel it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 freeze_module = sys.modules["redhand.proc.freeze"]
 pid, modes, count = int(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3])
 rng = random.Random(pid)
