@@ -21,6 +21,8 @@ Exit codes (documented in README.md):
 10    a file is not a usable ELF file (corrupt, truncated, unsupported)
 11    a file was not found
 12    memory could not be read
+13    an output file could not be written (it exists, is a symbolic link, no
+      permission, no space left); nothing was left behind
 130   interrupted (SIGINT)
 ====  =====================================================================
 """
@@ -109,6 +111,22 @@ class FileNotFound(RedhandError, FileNotFoundError):
     def __init__(self, path: str, message: str | None = None, *, hint: str | None = None) -> None:
         super().__init__(message or f"{path}: no such file", hint=hint)
         self.path = path
+
+
+class OutputError(RedhandError, OSError):
+    """A file redhand writes (a core) could not be written; nothing half-written was left.
+
+    ``no_space`` is True when the file system was full (or a quota reached).
+    """
+
+    exit_code = 13
+
+    def __init__(
+        self, path: str, message: str, *, hint: str | None = None, no_space: bool = False
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.no_space = no_space
 
 
 # -- memory -------------------------------------------------------------------

@@ -106,7 +106,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
 
-__all__ = ["Snapshot", "ThreadSnapshot", "check_process", "freeze"]
+__all__ = ["Capture", "Snapshot", "ThreadSnapshot", "check_process", "freeze", "run_as_tracer"]
 
 RED_ZONE = 128  # bytes below sp a leaf function may use (x86_64 psABI)
 DEFAULT_STACK_BYTES = 1 << 20
@@ -301,6 +301,11 @@ def freeze(
 # -- running the frozen part in its own thread -----------------------------------
 
 
+def run_as_tracer(work: Callable[[], None]) -> None:
+    """Run ``work`` in a new thread that becomes the tracer (see :func:`_run_as_tracer`)."""
+    _run_as_tracer(work)
+
+
 def _run_as_tracer(work: Callable[[], None]) -> None:
     """Run ``work`` in a new thread, the tracer; re-raise what it raised.
 
@@ -464,6 +469,28 @@ class _Capture:
             _copy_stacks(self)
         finally:
             self._detach_all()
+
+    # The steps of run(), for a tracer that does more while every thread is
+    # stopped (redhand.capture.gcore): call them from the tracer thread, and
+    # resume_all() in a ``finally``.
+
+    def stop_all(self) -> None:
+        """Stop every thread (and those that appear meanwhile); see :meth:`run`."""
+        self._freeze_all()
+
+    def copy_registers(self) -> None:
+        self._copy_registers()
+
+    def resume_all(self) -> None:
+        self._detach_all()
+
+    def registers_of(self, tid: int) -> list[int] | None:
+        """The 27 words of a stopped thread's user_regs_struct, as copied; None without."""
+        index = self.order.index(tid) if tid in self.order else -1
+        if index < 0 or self.words is None or not self.has_registers[index]:
+            return None
+        first = index * USER_REGS_WORDS
+        return list(self.words[first : first + USER_REGS_WORDS])
 
     # -- stopping --
 
@@ -917,3 +944,7 @@ def _name_and_state(pid: int, tid: int) -> tuple[str, str]:
     except (ProcessNotFound, PermissionDenied):
         return "", "?"
     return stat.comm, stat.state
+
+
+Capture = _Capture
+"""The state of one freeze (see :meth:`_Capture.stop_all` for its public steps)."""

@@ -40,12 +40,16 @@ if TYPE_CHECKING:
 
 PTRACE_CONT = 7
 PTRACE_KILL = 8
+PTRACE_SINGLESTEP = 9
+PTRACE_GETFPREGS = 14
+PTRACE_SETFPREGS = 15
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
 PTRACE_GETREGSET = 0x4204
+PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
 PTRACE_LISTEN = 0x4208
@@ -76,6 +80,9 @@ PTRACE_SYSCALL_INFO_EXIT = 2
 PTRACE_SYSCALL_INFO_SECCOMP = 3
 
 NT_PRSTATUS = 1
+NT_X86_XSTATE = 0x202
+FPREGS_SIZE = 512  # struct user_fpregs_struct (the FXSAVE area)
+XSTATE_MAX = 16384  # more than any XSAVE area so far (AMX tiles make it about 11 KiB)
 WNOHANG = 1
 WSTOPPED = 2
 WEXITED = 4
@@ -238,6 +245,66 @@ def get_registers(tid: int) -> Registers:
         "PTRACE_GETREGSET",
     )
     return Registers.from_user_regs(list(words))
+
+
+def set_registers(tid: int, words: Sequence[int]) -> None:
+    """PTRACE_SETREGSET NT_PRSTATUS: the 27 words of user_regs_struct, in their order."""
+    values = (ctypes.c_uint64 * USER_REGS_WORDS)(*words)
+    iov = IOVec(ctypes.addressof(values), USER_REGS_SIZE)
+    _check(
+        raw_ptrace(PTRACE_SETREGSET, tid, NT_PRSTATUS, ctypes.addressof(iov)),
+        tid,
+        "PTRACE_SETREGSET",
+    )
+
+
+def get_register_words(tid: int) -> list[int]:
+    """PTRACE_GETREGSET NT_PRSTATUS as the 27 raw words (for an exact restore)."""
+    words = (ctypes.c_uint64 * USER_REGS_WORDS)()
+    iov = IOVec(ctypes.addressof(words), USER_REGS_SIZE)
+    _check(
+        raw_ptrace(PTRACE_GETREGSET, tid, NT_PRSTATUS, ctypes.addressof(iov)),
+        tid,
+        "PTRACE_GETREGSET",
+    )
+    return list(words)
+
+
+def get_fpregs(tid: int) -> bytes | None:
+    """PTRACE_GETFPREGS: the 512-byte FXSAVE area (x87, SSE); None if refused."""
+    buf = ctypes.create_string_buffer(FPREGS_SIZE)
+    if raw_ptrace(PTRACE_GETFPREGS, tid, None, ctypes.addressof(buf)) == -1:
+        return None
+    return buf.raw
+
+
+def set_fpregs(tid: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    _check(raw_ptrace(PTRACE_SETFPREGS, tid, None, ctypes.addressof(buf)), tid, "PTRACE_SETFPREGS")
+
+
+def get_xstate(tid: int) -> bytes | None:
+    """PTRACE_GETREGSET NT_X86_XSTATE: the XSAVE area, as long as this CPU's; None if refused."""
+    buf = ctypes.create_string_buffer(XSTATE_MAX)
+    iov = IOVec(ctypes.addressof(buf), XSTATE_MAX)
+    if raw_ptrace(PTRACE_GETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov)) == -1:
+        return None
+    return buf.raw[: iov.iov_len]
+
+
+def set_xstate(tid: int, data: bytes) -> None:
+    buf = ctypes.create_string_buffer(data, len(data))
+    iov = IOVec(ctypes.addressof(buf), len(data))
+    _check(
+        raw_ptrace(PTRACE_SETREGSET, tid, NT_X86_XSTATE, ctypes.addressof(iov)),
+        tid,
+        "PTRACE_SETREGSET",
+    )
+
+
+def single_step(tid: int, signal: int = 0) -> None:
+    """PTRACE_SINGLESTEP: run one instruction (a system call runs whole), then stop."""
+    _check(raw_ptrace(PTRACE_SINGLESTEP, tid, None, signal), tid, "PTRACE_SINGLESTEP")
 
 
 # The siginfo_t of a ptrace stop is the same structure as a core's NT_SIGINFO:

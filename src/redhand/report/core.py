@@ -95,6 +95,13 @@ def _process_lines(target: Target, style: Style) -> list[str]:
 def _crash_lines(report: CoreReport, style: Style) -> list[str]:
     crash = report.crash
     if crash is None:
+        made_by = getattr(report.target, "made_by", None)
+        if made_by:
+            how = f"{made_by.get('mode')} snapshot"
+            pause = made_by.get("pause_ns")
+            if isinstance(pause, int):
+                how += f", process paused {pause / 1e6:.2f} ms"
+            return [f"no fatal signal: written by redhand gcore from the running process ({how})"]
         return ["no fatal signal recorded (a core written by gcore or on request?)"]
     signal = crash.signal_name
     if crash.code_name:

@@ -326,8 +326,11 @@ def format_location(frame: Frame) -> str:
     return text
 
 
-def format_frame(frame: Frame, style: Style) -> str:
-    """``#3  0x00007f3a1c2b4e10 in pthread_cond_wait+0x1a0 (libc.so.6)``."""
+def format_frame(frame: Frame, style: Style, innermost: bool = False) -> str:
+    """``#3  0x00007f3a1c2b4e10 in pthread_cond_wait+0x1a0 (libc.so.6)``.
+
+    ``innermost``: the thread's first real frame (perhaps after frames
+    inlined into it), whose exact pc says nothing of a signal."""
     index = f"#{frame.index:<3}"
     if len(index) > 4:  # frame 1,000 and deeper: keep a space before the address
         index += " "
@@ -355,7 +358,7 @@ def format_frame(frame: Frame, style: Style) -> str:
         notes.append(f"found by {'frame pointer' if frame.trust is Trust.FP else 'scanning'}")
     if frame.trampoline:
         notes.append("signal handler called")
-    elif frame.signal_frame and frame.index > 0:
+    elif frame.signal_frame and frame.index > 0 and not innermost:
         notes.append("interrupted by a signal")
     if notes:
         text += " " + style("[" + "; ".join(notes) + "]", "magenta")
@@ -417,12 +420,14 @@ def render_groups(report: StackReport, stream: TextIO, style: Style) -> None:
         write("\n" + _group_title(group, style) + "\n")
         backtrace = group.backtrace
         total = len(backtrace)
+        physical_seen = False  # a real (not inlined) frame has been shown
         for part in layout(backtrace, report.max_frames, report.all_frames):
             if isinstance(part, Cut):
                 write(style(format_cut(part, total), "dim") + "\n")
                 continue
             for frame in backtrace[part.start : part.stop]:
-                write(format_frame(frame, style) + "\n")
+                write(format_frame(frame, style, innermost=not physical_seen) + "\n")
+                physical_seen = physical_seen or not frame.inlined
         recursion = backtrace.recursion if total > RECURSION_MIN_FRAMES else None
         if recursion is not None:
             write(style(f"    {format_recursion(recursion)}", "magenta") + "\n")

@@ -95,7 +95,8 @@ class CoreTarget(Target):
     Adds ``process`` (NT_PRPSINFO: pid, ppid, uid, gid, command name and
     arguments; None when the note is missing), ``auxv`` (the auxiliary
     vector by AT_* number), ``core_path`` and ``compression`` (``"zstd"``,
-    ``"gzip"``, ``"xz"`` or None).
+    ``"gzip"``, ``"xz"`` or None).  ``made_by``: what redhand's note says
+    when ``redhand gcore`` wrote the core.
     """
 
     def __init__(
@@ -115,6 +116,8 @@ class CoreTarget(Target):
         self.process = process
         self.auxv = auxv
         self.compression = compression
+        self.made_by: dict[str, object] | None = None
+        """How redhand gcore made this core (its own note), or None."""
         self._core = core
 
     def __repr__(self) -> str:
@@ -530,12 +533,14 @@ def _build(
     target.warnings.extend(warnings)
 
     name = process.fname if process is not None else (exe_name or "").rsplit("/", 1)[-1]
+    target.made_by = notes.made_by
     for index, (status, siginfo) in enumerate(notes.threads):
-        crashed = index == 0 and status.cursig != 0
+        # A debugger's core of a stopped process says SIGSTOP: a stop, not a crash.
+        crashed = index == 0 and status.cursig not in _NOT_FATAL
         target.threads.append(
             Thread(
                 tid=status.pid,
-                name=name,
+                name=notes.thread_names.get(status.pid, name),
                 registers=status.registers,
                 target=target,
                 crashed=crashed,
@@ -549,6 +554,8 @@ def _build(
         )
     return target
 
+
+_NOT_FATAL = frozenset({0, 19, 20, 21, 22})  # none, SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU
 
 _UNKNOWN_PERMS = "????"
 

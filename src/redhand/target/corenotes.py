@@ -244,6 +244,10 @@ class CoreNotes:
         self.auxv: dict[int, int] = {}
         self.files: list[FileMapping] = []
         self.page_size = 4096
+        self.made_by: dict[str, object] | None = None
+        """What redhand's own note says of how the core was made (``redhand gcore``)."""
+        self.thread_names: dict[int, str] = {}
+        """Thread names from redhand's note (the kernel's notes have none)."""
         self.warnings: list[str] = []
 
 
@@ -256,6 +260,9 @@ def read_core_notes(notes: Iterable[Note]) -> CoreNotes:
     result = CoreNotes()
     for note in notes:
         kind = note.type
+        if note.name == "REDHAND" and kind == NT_REDHAND:
+            _read_redhand_note(note, result)
+            continue
         if note.name not in ("CORE", "LINUX"):
             continue
         try:
@@ -277,6 +284,33 @@ def read_core_notes(notes: Iterable[Note]) -> CoreNotes:
             result.warnings.append(f"note {_NOTE_NAMES.get(kind, hex(kind))} at offset "
                                    f"{note.offset:#x} is unusable: {error}")  # fmt: skip
     return result
+
+
+NT_REDHAND = 1
+"""redhand's own note (name ``REDHAND``): JSON on how ``redhand gcore`` made the core."""
+
+
+def _read_redhand_note(note: Note, result: CoreNotes) -> None:
+    import json
+
+    try:
+        about = json.loads(note.desc.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        result.warnings.append(f"redhand's note at offset {note.offset:#x} is unusable: {error}")
+        return
+    if not isinstance(about, dict):
+        return
+    result.made_by = about
+    threads = about.get("threads")
+    if isinstance(threads, list):
+        for item in threads:
+            if (
+                isinstance(item, list)
+                and len(item) == 2
+                and isinstance(item[0], int)
+                and isinstance(item[1], str)
+            ):
+                result.thread_names[item[0]] = item[1]
 
 
 _NOTE_NAMES = {
