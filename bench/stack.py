@@ -39,21 +39,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROGRAM = ROOT / "tests" / "programs" / "threads_heartbeat.c"
 FLOOR = ROOT / "bench" / "freeze_floor.c"
-HEARTBEAT = struct.Struct("<8Q")  # see the struct in threads_heartbeat.c
+HEARTBEAT = struct.Struct("<9Q")  # see the struct in threads_heartbeat.c
 
 
 class Target:
-    """The heartbeat program, started with N workers."""
+    """The heartbeat program, started with N workers (and its other options)."""
 
-    def __init__(self, binary: Path, workers: int, workdir: Path) -> None:
+    def __init__(self, binary: Path, workers: int, workdir: Path, *options: str) -> None:
         self.file = workdir / f"heartbeat-{workers}"
         self.process = subprocess.Popen(
-            [str(binary), str(workers), str(self.file), "--no-spin"],
+            [str(binary), str(workers), str(self.file), "--no-spin", *options],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            cwd=workdir,
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
+        line = b""
+        for line in self.process.stdout:  # "heap 0x..." comes first with --heap-mb
+            if line.strip() == b"ready":
+                break
         if line.strip() != b"ready":
             self.close()
             raise SystemExit(f"the target did not start: {line!r}")

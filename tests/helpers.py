@@ -453,8 +453,10 @@ class LiveProgram:
         running: Collection[str] = (),
         cwd: str | os.PathLike[str] | None = None,
         preexec_fn: Callable[[], object] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.argv = [os.fspath(arg) for arg in argv]
+        self.env = dict(env) if env is not None else None
         self.timeout = timeout
         self.blocked = dict(blocked or {})
         self.running = frozenset(running)
@@ -488,6 +490,7 @@ class LiveProgram:
             stderr=self._stderr,
             cwd=self.cwd,
             preexec_fn=self.preexec_fn,
+            env=self.env,
         )
         try:
             self._read_until_ready()

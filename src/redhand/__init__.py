@@ -2,18 +2,22 @@
 
 ``redhand.attach(pid)`` captures a live process and returns a :class:`Target`;
 its ``threads`` each have a ``backtrace()``, a sequence of :class:`Frame`.
+``redhand.open_core(path)`` reads a core file into the same :class:`Target`;
+``redhand.gcore(pid, path)`` writes one of a running process.
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from redhand.capture.gcore import GcoreResult, gcore
     from redhand.errors import (
         AlreadyTraced,
         ElfError,
         FileNotFound,
         KernelThread,
         MemoryReadError,
+        OutputError,
         PermissionDenied,
         ProcessError,
         ProcessExited,
@@ -40,6 +44,7 @@ _LAZY = {
     "FileNotFound": _ERRORS,
     "KernelThread": _ERRORS,
     "MemoryReadError": _ERRORS,
+    "OutputError": _ERRORS,
     "PermissionDenied": _ERRORS,
     "ProcessError": _ERRORS,
     "ProcessExited": _ERRORS,
@@ -54,6 +59,8 @@ _LAZY = {
     "Registers": _MODEL,
     "Trust": _MODEL,
     "attach": "redhand.target.live",
+    "gcore": "redhand.capture.gcore",
+    "GcoreResult": "redhand.capture.gcore",
     "open_core": "redhand.target.core",
     "Module": "redhand.target.module",
     "Target": "redhand.target.target",
@@ -81,10 +88,12 @@ __all__ = [
     "EndReason",
     "FileNotFound",
     "Frame",
+    "GcoreResult",
     "KernelThread",
     "Mapping",
     "MemoryReadError",
     "Module",
+    "OutputError",
     "PermissionDenied",
     "ProcessError",
     "ProcessExited",
@@ -98,5 +107,6 @@ __all__ = [
     "ZombieProcess",
     "__version__",
     "attach",
+    "gcore",
     "open_core",
 ]

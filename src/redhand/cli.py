@@ -55,6 +55,7 @@ exit codes:
   10   a file is not a usable ELF file
   11   a file was not found
   12   memory could not be read
+  13   an output file could not be written (nothing was left behind)
   130  interrupted
 """
 
@@ -90,6 +91,12 @@ def _positive(text: str) -> int:
     if value < 1:
         raise ValueError(f"must be at least 1: {text!r}")
     return value
+
+
+def _mode(text: str) -> str:
+    if text not in ("auto", "fork", "stop"):
+        raise ValueError(f"not a snapshot mode: {text!r} (auto, fork or stop)")
+    return text
 
 
 def _pid(text: str) -> int:
@@ -267,6 +274,45 @@ def _commands() -> dict[str, Command]:
                 *_report_options(source_default=True),
             ],
             run_core,
+        ),
+        "gcore": Command(
+            "write a core file of a live process, which runs on",
+            "Write an ELF core file of the live process PID, which gdb, lldb, eu-stack and "
+            "redhand read. By default (fork mode) the process is paused only while a "
+            "copy-on-write copy of it is made (tens of milliseconds per GiB) and the core is "
+            "written from the copy; stop mode keeps it frozen for the whole dump, as gdb's "
+            "gcore does. The file appears only when whole.",
+            ("pid", "PID", _pid),
+            [
+                Option(
+                    ("-o", "--output"),
+                    "output",
+                    VALUE,
+                    "the core file to write (default core.PID, core.PID.zst with --zstd)",
+                    metavar="FILE",
+                ),
+                Option(("--zstd",), "zstd", FLAG, "compress the core with zstd as it is written"),
+                Option(
+                    ("--mode",),
+                    "mode",
+                    VALUE,
+                    "auto (fork where it is safe, else stop), fork or stop (default auto)",
+                    parse=_mode,
+                    default="auto",
+                    metavar="MODE",
+                ),
+                Option(("--force",), "force", FLAG, "replace the output file if it exists"),
+                Option(
+                    ("-t", "--thread"),
+                    "thread",
+                    VALUE,
+                    "the thread readers show first (default the main thread)",
+                    parse=_positive,
+                    metavar="TID",
+                ),
+                Option(("--json",), "json", FLAG, "print the JSON document (version 1)"),
+            ],
+            run_gcore,
         ),
     }
 
@@ -536,6 +582,28 @@ def run_core(args: Arguments) -> int:
 
                 render_scans_text(target, sys.stdout)
     sys.stdout.flush()
+    return 0
+
+
+def run_gcore(args: Arguments) -> int:
+    from redhand.capture.gcore import gcore
+    from redhand.report.gcore import render_gcore_json, render_gcore_text
+    from redhand.report.progress import terminal_progress
+
+    with terminal_progress(f"writing a core of process {args.pid}", threshold=64 << 20) as bar:
+        result = gcore(
+            args.pid,
+            args.output,
+            mode=args.mode,
+            compression="zstd" if args.zstd else None,
+            force=args.force,
+            first_thread=args.thread,
+            progress=bar,
+        )
+    if args.json:
+        render_gcore_json(result, sys.stdout)
+    else:
+        render_gcore_text(result, sys.stdout)
     return 0
 
 

@@ -1,7 +1,7 @@
 /* A target for redhand's freeze tests.
  *
  * usage: threads_heartbeat WORKERS HEARTBEAT_FILE [--no-spin] [--churn=K] [--vfork-ms=N]
- *                          [--leader-exits]
+ *                          [--leader-exits] [--heap-mb=N] [--hugepages]
  *
  * Starts WORKERS worker threads, each a few frames deep and blocked in a
  * different call: pthread_cond_wait (futex), nanosleep, read on a pipe, poll,
@@ -18,6 +18,12 @@
  * as a gap as long as the heartbeat was stopped.
  * To measure one freeze, increment `reset`, wait until `reset_ack` equals it,
  * freeze, then read `max_gap_ns`.
+ *
+ * With --heap-mb=N, N MiB of anonymous memory are touched before "ready", as
+ * a real heap would be: the first half random bytes (incompressible), a
+ * quarter written zeros, a quarter a repeating pattern; --hugepages asks for
+ * transparent huge pages there (MADV_HUGEPAGE).  `heap` below holds its
+ * address, for tests that compare a core's bytes with the process's.
  *
  * Prints "ready\n" once every thread runs; then the main thread reads its
  * standard input and exits when it is closed (with --leader-exits, the main
@@ -241,6 +247,28 @@ static void *vfork_main(void *arg) {
     return NULL;
 }
 
+static unsigned char *heap;
+
+static void fill_heap(size_t megabytes, int hugepages) {
+    size_t size = megabytes << 20;
+    heap = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (heap == MAP_FAILED)
+        die("mmap heap");
+    if (hugepages)
+        madvise(heap, size, MADV_HUGEPAGE);
+    uint64_t state = 0x9E3779B97F4A7C15u;
+    uint64_t *words = (uint64_t *)heap;
+    for (size_t i = 0; i < size / 2 / 8; i++) { /* xorshift64: incompressible */
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        words[i] = state;
+    }
+    memset(heap + size / 2, 0, size / 4); /* written zeros: present pages, all zero */
+    for (size_t i = size / 2 + size / 4; i < size; i++)
+        heap[i] = (unsigned char)(i * 7);
+}
+
 static void on_usr1(int sig) {
     (void)sig;
     __atomic_add_fetch(&hb->usr1, 1, __ATOMIC_RELAXED);
@@ -262,7 +290,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     int workers = atoi(argv[1]);
-    int spin = 1, churn = 0, leader_exits = 0;
+    int spin = 1, churn = 0, leader_exits = 0, hugepages = 0;
+    long heap_mb = 0;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--no-spin") == 0)
             spin = 0;
@@ -272,7 +301,13 @@ int main(int argc, char **argv) {
             vfork_ms = atoi(argv[i] + 11);
         else if (strcmp(argv[i], "--leader-exits") == 0)
             leader_exits = 1;
+        else if (strncmp(argv[i], "--heap-mb=", 10) == 0)
+            heap_mb = atol(argv[i] + 10);
+        else if (strcmp(argv[i], "--hugepages") == 0)
+            hugepages = 1;
     }
+    if (heap_mb > 0)
+        fill_heap((size_t)heap_mb, hugepages);
     int fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0644);
     if (fd < 0 || ftruncate(fd, sizeof(struct heartbeat)) != 0)
         die(argv[2]);
@@ -307,6 +342,8 @@ int main(int argc, char **argv) {
     if (vfork_ms > 0)
         start(&attr, vfork_main, NULL, "vfork");
     pthread_barrier_wait(&started);
+    if (heap_mb > 0)
+        printf("heap %p\n", (void *)heap);
     printf("ready\n");
     fflush(stdout);
     if (leader_exits)

@@ -51,8 +51,8 @@ from redhand.capture.corefile import (
     segment_flags,
     thread_notes,
 )
+from redhand.capture.inject import namespace_pid
 from redhand.capture.output import (
-    Cancelled,
     MemoryCopier,
     OutputFile,
     Sink,
@@ -82,7 +82,12 @@ from redhand.errors import (
 from redhand.proc import procfs, ptrace
 from redhand.proc.checks import check_process, has_live_thread
 from redhand.proc.freeze import DEFAULT_STOP_TIMEOUT, Capture
-from redhand.target.model import Mapping
+from redhand.target.model import USER_REGS_FIELDS, Mapping
+from redhand.units import format_size
+
+COPY_NAME = b"redhand-copy"
+"""The name (comm) the copy of a process gets: in ps while it is dumped, and how a copy
+left by a redhand that was killed is told from the process's own children."""
 
 COPY_WHILE_FROZEN = 64 << 20
 """Shared (or fork-proof) memory up to this many bytes is copied while the process is frozen."""
@@ -219,6 +224,12 @@ def gcore(
         job.check_space()
         _run_cancellable(job)
         output.commit()
+    except _Signalled as stop:
+        output.discard()
+        # Its handler now (the CLI's ends redhand); Python's turns SIGINT into
+        # KeyboardInterrupt.  If it returns, the dump still did not happen.
+        signal.raise_signal(stop.signo)
+        raise Interrupted("interrupted: no core was written") from None
     except BaseException:
         output.discard()
         raise
@@ -269,6 +280,8 @@ class _Facts:
     rss_anon: int
     mappings: list[Mapping]
     smaps: dict[int, SmapsEntry]
+    leftover_copies: list[int]
+    """Dead copies a redhand killed during a dump left under the process (zombies)."""
 
     @classmethod
     def read(cls, pid: int) -> _Facts:
@@ -314,11 +327,34 @@ class _Facts:
                 rss_anon=_kib(status.get("RssAnon", "0 kB")),
                 mappings=procfs.read_maps(pid),
                 smaps=read_smaps(pid),
+                leftover_copies=_leftover_copies(pid),
             )
         except FileNotFoundError as error:
             raise ProcessExited(pid, f"process {pid} exited before it could be dumped") from error
         except PermissionError as error:
             raise ProcessError(pid, f"cannot read /proc/{pid}: {error.strerror}") from None
+
+
+def _leftover_copies(pid: int) -> list[int]:
+    """Zombie children named redhand-copy: copies whose redhand was killed before it reaped."""
+    found = []
+    for tid in procfs.list_tids(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as file:
+                children = [int(word) for word in file.read().split()]
+        except (OSError, ValueError):
+            continue
+        for child in children:
+            try:
+                with open(f"/proc/{child}/stat", "rb") as file:
+                    data = file.read()
+            except OSError:
+                continue
+            comm = data[data.index(b"(") + 1 : data.rindex(b")")]
+            state = data[data.rindex(b")") + 2 : data.rindex(b")") + 3]
+            if comm == COPY_NAME and state == b"Z":
+                found.append(child)
+    return found
 
 
 def _stat_fields(pid: int, tid: int | None = None) -> list[str]:
@@ -388,8 +424,8 @@ def _memory_short(facts: _Facts) -> str | None:
     if available is None or facts.rss_anon <= available:
         return None
     return (
-        f"the process may dirty up to {_size(facts.rss_anon)} of copy-on-write memory while "
-        f"it is dumped, more than the {_size(available)} available"
+        f"the process may dirty up to {format_size(facts.rss_anon)} of copy-on-write memory while "
+        f"it is dumped, more than the {format_size(available)} available"
     )
 
 
@@ -413,16 +449,6 @@ def _meminfo(key: str) -> int | None:
     except OSError:
         pass
     return None
-
-
-def _size(count: int) -> str:
-    """``1.2 GiB``, ``640 KiB``: a byte count for people."""
-    value = float(count)
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} bytes"  # pragma: no cover
 
 
 # -- the work, in the tracer thread ------------------------------------------------------
@@ -482,8 +508,8 @@ class _Job:
         if needed > free:
             raise OutputError(
                 self.output.path,
-                f"{self.output.folder} has {_size(free)} free, and the core may need "
-                f"{_size(needed)}",
+                f"{self.output.folder} has {format_size(free)} free, and the core may need "
+                f"{format_size(needed)}",
                 hint="free some space, write it elsewhere (-o), or compress it (--zstd)",
                 no_space=True,
             )
@@ -538,7 +564,7 @@ class _Job:
             return
         try:
             since = clock()
-            self._drop_files(child)
+            self._prepare_copy(child)
             self._write(child, read_smaps(child), frozen=False)
             self.timings["dump"] = clock() - since
         finally:
@@ -643,9 +669,23 @@ class _Job:
                         )
                     )
 
-    def _drop_files(self, child: int) -> None:
-        """The child lets go of the file table it shares with the process."""
+    def _prepare_copy(self, child: int) -> None:
+        """The copy takes the name redhand-copy and lets go of the process's file table."""
         assert self.instruction is not None
+        try:
+            stack = ptrace.get_register_words(child)[USER_REGS_FIELDS.index("rsp")]
+            name_at = (stack - 4096) & ~0xF  # well below its red zone: the copy never runs
+            with ptrace.LiveMemory(child) as memory:
+                saved = memory.read(name_at, len(COPY_NAME) + 1)
+            inject.write_memory(child, name_at, COPY_NAME + b"\0")
+            try:
+                inject.run_syscall(
+                    child, self.instruction, inject.SYS_PRCTL, (inject.PR_SET_NAME, name_at)
+                )
+            finally:  # the copy's memory is the snapshot again
+                inject.write_memory(child, name_at, saved)
+        except (RedhandError, OSError) as error:
+            self.warnings.append(f"the copy of the process could not be named: {error}")
         try:
             result = inject.run_syscall(
                 child, self.instruction, inject.SYS_CLOSE_RANGE,
@@ -661,18 +701,22 @@ class _Job:
             )
 
     def _reap(self, child_inside: int) -> None:
-        """Make the process reap its dead copy: wait4 injected into one of its threads."""
-        if not child_inside or self.instruction is None or not has_live_thread(self.pid):
+        """Make the process reap its dead copy, and copies an earlier redhand left when it
+        was killed: wait4 injected into one of its threads."""
+        copies = [child_inside] if child_inside else []
+        copies += [namespace_pid(pid) for pid in self.facts.leftover_copies]
+        if not copies or self.instruction is None or not has_live_thread(self.pid):
             return
         tids = sorted(self.facts.threads, key=lambda tid: tid != self.pid)
         for tid in tids[:8]:
-            outcome = _reap_in(tid, self.instruction, child_inside)
+            outcome = _reap_in(tid, self.instruction, copies)
             if outcome is not None:
                 self.reap_pause_ns = outcome
                 return
         self.warnings.append(
-            f"process {self.pid} was not made to reap its copy {child_inside}: a zombie stays "
-            "under it until it waits for its children or exits"
+            f"process {self.pid} was not made to reap its copy: a zombie named "
+            f"{COPY_NAME.decode()} stays under it until it waits for its children, exits, "
+            "or redhand gcore is run on it again"
         )
 
     # -- the file --
@@ -688,7 +732,9 @@ class _Job:
             reason = choice.reason
             m = choice.mapping
             pseudo = (m.path or "").startswith("[")  # the kernel's [vvar] and such
-            if choice.dump is Dump.NOTHING and reason in _REPORTED and not pseudo:
+            # A read-only shared file mapping holds what the file holds: nothing lost.
+            unchanged = reason is Reason.SHARED_FILE and not m.writable
+            if choice.dump is Dump.NOTHING and reason in _REPORTED and not pseudo and not unchanged:
                 assert reason is not None
                 self.left_out.append(Region(m.start, m.end, m.path, reason.value))
         layout = Layout(self._notes(frozen), segments)
@@ -697,31 +743,28 @@ class _Job:
             ZstdSink(self.output.fd) if self.compression == "zstd" else SparseSink(self.output.fd)
         )
         total = sum(segment.dumped for segment in segments)
-        copier = MemoryCopier(source, sink, cancel=self.cancel, progress=self.progress, total=total)
-        live: MemoryCopier | None = None
+        copier = MemoryCopier(sink, cancel=self.cancel, progress=self.progress, total=total)
         try:
             head = layout.head()
-            sink.write(head)
-            sink.skip(layout.data_start - len(head))
+            copier.write(head)
+            copier.skip(layout.data_start - len(head))
+            copier.done = 0  # the progress counts memory only
             by_start = {choice.mapping.start: choice for choice in choices}
-            for segment, offset in zip(layout.segments, layout.offsets, strict=True):
+            for segment in layout.segments:
                 if not segment.dumped:
                     continue
-                assert sink.position == offset
                 choice = by_start[segment.start]
                 captured = self.captured.get(segment.start)
                 if captured is not None:
                     copier.copy_bytes(captured[: segment.dumped])
                 elif not frozen and (choice.shared or choice.no_fork):
                     # Read after the pause from the process itself (the copy lacks it).
-                    if live is None:
-                        live = MemoryCopier(self.pid, sink, cancel=self.cancel)
-                    live.copy(segment.start, segment.dumped, anonymous=False)
-                    copier.done += segment.dumped
+                    copier.copy(self.pid, segment.start, segment.dumped, anonymous=False)
                 else:
                     anonymous = choice.anonymous and not choice.shared
-                    copier.copy(segment.start, segment.dumped, anonymous=anonymous)
-            sink.write(layout.tail())
+                    copier.copy(source, segment.start, segment.dumped, anonymous=anonymous)
+            copier.write(layout.tail())
+            copier.finish()
             sink.finish()
         except RedhandError:
             raise
@@ -729,11 +772,12 @@ class _Job:
             raise output_error(self.output.path, error) from None
         finally:
             copier.close()
-            if live is not None:
-                live.close()
-        self.data_bytes = copier.stored + (live.stored if live is not None else 0)
+        if sink.position != layout.size:
+            raise AssertionError(f"the core is {sink.position} bytes long, not {layout.size}")
+        self.data_bytes = copier.stored
         if copier.unreadable:
-            self.warnings.append(f"{_size(copier.unreadable)} of memory could not be read (holes)")
+            lost = format_size(copier.unreadable)
+            self.warnings.append(f"{lost} of memory could not be read (holes in the core)")
 
     def _segment(self, source: int, choice: Choice) -> Segment:
         mapping = choice.mapping
@@ -777,8 +821,8 @@ def _real_path(path: str | None) -> str:
     return procfs.split_deleted(path)[0] if path else ""
 
 
-def _reap_in(tid: int, instruction: int, child: int) -> int | None:
-    """Stop thread ``tid`` alone, run wait4(child, WNOHANG|__WALL) in it, let it go.
+def _reap_in(tid: int, instruction: int, children: list[int]) -> int | None:
+    """Stop thread ``tid`` alone, run wait4(child, WNOHANG|__WALL) in it for each, let it go.
 
     Returns how long it was stopped (ns), or None when it could not be used.
     """
@@ -795,14 +839,15 @@ def _reap_in(tid: int, instruction: int, child: int) -> int | None:
             return None
         if (status >> 8) & 0xFF == 0:
             held = status & 0xFF  # a signal arrived first: it is given back
-        for _ in range(50):
-            result = inject.run_syscall(
-                tid, instruction, inject.SYS_WAIT4, (child, 0, ptrace.WALL | ptrace.WNOHANG, 0)
-            )
-            held = held or result.held_signal
-            if result.value != 0:  # reaped, or not ours any more (ECHILD)
-                break
-            time.sleep(0.001)  # not yet a zombie
+        for child in children:
+            for _ in range(50):
+                result = inject.run_syscall(
+                    tid, instruction, inject.SYS_WAIT4, (child, 0, ptrace.WALL | ptrace.WNOHANG, 0)
+                )
+                held = held or result.held_signal
+                if result.value != 0:  # reaped, or not ours any more (ECHILD)
+                    break
+                time.sleep(0.001)  # not yet a zombie
         return time.perf_counter_ns() - since
     except RedhandError:
         return None
@@ -845,8 +890,8 @@ def _run_cancellable(job: _Job) -> None:
     inherits the mask) and taken here with sigtimedwait: they never land in
     the middle of the freeze or of an injected call.  The first one sets the
     job's cancel flag; the tracer stops at the next chunk it copies, kills
-    and reaps the copy, lets every thread go; then the signal is raised
-    again here, with the mask as it was, for its handler or default action.
+    and reaps the copy, lets every thread go; then _Signalled says which
+    signal came, for the caller to raise again once it has cleaned up.
     """
     failure: list[BaseException] = []
 
@@ -870,13 +915,17 @@ def _run_cancellable(job: _Job) -> None:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     if received is not None:
-        signal.raise_signal(received)
-        raise Interrupted("interrupted: no core was written")
+        raise _Signalled(received)
     if failure:
-        error = failure[0]
-        if isinstance(error, Cancelled):
-            raise Interrupted("interrupted: no core was written")
-        raise error
+        raise failure[0]
+
+
+class _Signalled(Exception):
+    """A signal cancelled the dump; raise it again once the output is discarded."""
+
+    def __init__(self, signo: int) -> None:
+        super().__init__(f"signal {signo}")
+        self.signo = signo
 
 
 __all__ = ["GcoreResult", "Mode", "Region", "default_path", "gcore"]

@@ -41,7 +41,9 @@ from redhand.target.model import USER_REGS_FIELDS, Mapping
 
 SYS_CLONE = 56
 SYS_WAIT4 = 61
+SYS_PRCTL = 157
 SYS_CLOSE_RANGE = 436
+PR_SET_NAME = 15
 CLONE_FILES = 0x400
 CLOSE_RANGE_UNSHARE = 0x2
 SYSCALL_INSN = b"\x0f\x05"
@@ -227,6 +229,16 @@ def end_child(child: int, timeout: float = _WAIT_TIMEOUT) -> None:
         time.sleep(0.0001)
 
 
+def write_memory(pid: int, address: int, data: bytes) -> None:
+    """Write ``data`` into a stopped tracee's memory (/proc/PID/mem)."""
+    fd = os.open(f"/proc/{pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        if os.pwrite(fd, data, address) != len(data):
+            raise OSError(errno.EIO, "short write")
+    finally:
+        os.close(fd)
+
+
 def namespace_pid(pid: int) -> int:
     """A process's pid in its own pid namespace (the last NSpid of /proc/PID/status)."""
     try:
@@ -242,8 +254,10 @@ def namespace_pid(pid: int) -> int:
 __all__ = [
     "CLONE_FILES",
     "CLOSE_RANGE_UNSHARE",
+    "PR_SET_NAME",
     "SYS_CLONE",
     "SYS_CLOSE_RANGE",
+    "SYS_PRCTL",
     "SYS_WAIT4",
     "InjectionError",
     "SavedRegisters",
@@ -254,4 +268,5 @@ __all__ = [
     "run_syscall",
     "wait_child_stop",
     "wait_stop",
+    "write_memory",
 ]

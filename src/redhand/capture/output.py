@@ -20,8 +20,10 @@ read become holes, counted.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import queue
 import stat
 import threading
 from collections.abc import Callable
@@ -31,7 +33,7 @@ import numpy as np
 import numpy.typing
 
 from redhand.capture.corefile import PAGE_SIZE
-from redhand.errors import OutputError, ProcessExited
+from redhand.errors import OutputError, ProcessError, ProcessExited
 
 CHUNK = 4 << 20
 """Bytes read from the process at a time."""
@@ -223,11 +225,20 @@ class Sink(Protocol):
 
 
 class SparseSink:
-    """Appends to a file with ``pwrite``; zeros are skipped, so they become holes."""
+    """Appends to a file with ``pwrite``; zeros are skipped, so they become holes.
+
+    Every few dozen MiB, writeback to the disk is started for what was
+    written (sync_file_range), so that the final fsync has little left to
+    wait for and the page cache does not fill with dirty pages.
+    """
+
+    WRITEBACK_EVERY = 32 << 20
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.position = 0
+        self._unsynced_from = 0
+        self._unsynced = 0
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -235,12 +246,31 @@ class SparseSink:
             written = os.pwrite(self.fd, view, self.position)
             view = view[written:]
             self.position += written
+            self._unsynced += written
+        if self._unsynced >= self.WRITEBACK_EVERY:
+            _start_writeback(self.fd, self._unsynced_from, self.position - self._unsynced_from)
+            self._unsynced_from = self.position
+            self._unsynced = 0
 
     def skip(self, size: int) -> None:
         self.position += size
 
     def finish(self) -> None:
         os.ftruncate(self.fd, self.position)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    _sync_file_range.restype = ctypes.c_int
+
+
+def _start_writeback(fd: int, offset: int, size: int) -> None:
+    """Ask the kernel to start writing a range to disk, without waiting (best effort)."""
+    if _sync_file_range is not None and size > 0:
+        _sync_file_range(fd, offset, size, _SYNC_FILE_RANGE_WRITE)
 
 
 class ZstdSink:
@@ -279,23 +309,26 @@ class ZstdSink:
 
 
 class MemoryCopier:
-    """Copies ranges of a process's memory into a sink, page-aware.
+    """Copies ranges of processes' memory into a sink, page-aware, reading and writing at once.
 
-    ``done`` counts the bytes of address space handled (for a progress
-    bar), ``stored`` the bytes written as data, ``unreadable`` those that
-    could not be read (written as holes).
+    The calling thread reads (``/proc/PID/mem``) and finds the zero pages; a
+    writer thread of its own writes what is not zero, from a small pool of
+    buffers, so that reading the next chunk and writing this one overlap.
+    ``done`` counts the bytes of address space handled (for a progress bar),
+    ``stored`` the bytes written as data, ``unreadable`` those that could
+    not be read (written as holes).  :meth:`finish` waits for the writer and
+    raises what it met (a full disk).
     """
 
     def __init__(
         self,
-        pid: int,
         sink: Sink,
         *,
         cancel: threading.Event | None = None,
         progress: Progress | None = None,
         total: int | None = None,
+        buffers: int = 3,
     ) -> None:
-        self.pid = pid
         self.sink = sink
         self.cancel = cancel
         self.progress = progress
@@ -303,17 +336,19 @@ class MemoryCopier:
         self.done = 0
         self.stored = 0
         self.unreadable = 0
-        self._buffer = bytearray(CHUNK)
-        self._mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
-        self._pagemap: int | None = None
+        self._files: dict[int, tuple[int, int | None]] = {}  # pid -> (mem, pagemap)
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self._free.put(bytearray(CHUNK))
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._failure: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_all, name="redhand-writer", daemon=True)
+        self._writer.start()
 
-    def close(self) -> None:
-        os.close(self._mem)
-        if self._pagemap is not None:
-            os.close(self._pagemap)
+    # -- the reading side --
 
-    def copy(self, start: int, size: int, *, anonymous: bool) -> None:
-        """Append the memory from ``start`` (``size`` bytes, whole pages) to the sink.
+    def copy(self, pid: int, start: int, size: int, *, anonymous: bool) -> None:
+        """Append the memory of ``pid`` from ``start`` (``size`` bytes, whole pages).
 
         With ``anonymous``, pages that are neither present nor swapped out
         (never touched) are holes without being read.
@@ -323,55 +358,77 @@ class MemoryCopier:
         for window in range(start, end, _PAGEMAP_PAGES * PAGE_SIZE):
             span = min(end - window, _PAGEMAP_PAGES * PAGE_SIZE)
             if not anonymous:
-                self._copy_run(window, span)
+                self._copy_run(pid, window, span)
                 fed = window + span
                 continue
-            for run_start, run_pages in _runs(self._present(window, span // PAGE_SIZE)):
+            for run_start, run_pages in _runs(self._present(pid, window, span // PAGE_SIZE)):
                 address = window + run_start * PAGE_SIZE
-                self._skip(address - fed)
-                self._copy_run(address, run_pages * PAGE_SIZE)
+                self.skip(address - fed)
+                self._copy_run(pid, address, run_pages * PAGE_SIZE)
                 fed = address + run_pages * PAGE_SIZE
-        self._skip(end - fed)
+        self.skip(end - fed)
 
     def copy_bytes(self, data: bytes) -> None:
         """Append bytes captured earlier (a region copied while the process was frozen)."""
-        view = memoryview(data)
-        for offset in range(0, len(view), CHUNK):
-            self._store(view[offset : offset + CHUNK])
+        for offset in range(0, len(data), CHUNK):
+            piece = data[offset : offset + CHUNK]
+            buffer = self._take()
+            buffer[: len(piece)] = piece
+            self._queue_pages(buffer, len(piece))
 
-    def _skip(self, size: int) -> None:
+    def write(self, data: bytes) -> None:
+        """Append ``data`` as it is (headers)."""
+        self._check()
+        self._jobs.put(_Job(data=data))
+
+    def skip(self, size: int) -> None:
         if size > 0:
-            self.sink.skip(size)
+            self._check()
+            self._jobs.put(_Job(skip=size))
             self._advance(size)
 
-    def _copy_run(self, address: int, size: int) -> None:
+    def _copy_run(self, pid: int, address: int, size: int) -> None:
         end = address + size
         while address < end:
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled
             step = min(end - address, CHUNK)
-            view = memoryview(self._buffer)[:step]
-            got = self._read(address, view)
+            buffer = self._take()
+            view = memoryview(buffer)[:step]
+            got = self._read(pid, address, view)
             if got < step:
-                if got == 0 and not self._alive():
-                    raise ProcessExited(self.pid, f"process {self.pid} ended during the dump")
-                self._read_pages(address, view)  # what cannot be read becomes zeros
-            self._store(view)
+                if got == 0 and not _alive(pid):
+                    self._free.put(buffer)
+                    raise ProcessExited(pid, f"process {pid} ended during the dump")
+                self._read_pages(pid, address, view)  # what cannot be read becomes zeros
+            del view
+            self._queue_pages(buffer, step)
             address += step
 
-    def _alive(self) -> bool:
-        try:
-            with open(f"/proc/{self.pid}/stat", "rb") as file:
-                state = file.read().rpartition(b")")[2].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state not in (b"Z", b"X")
+    def _files_of(self, pid: int) -> tuple[int, int | None]:
+        files = self._files.get(pid)
+        if files is None:
+            try:
+                mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as error:
+                if not _alive(pid):
+                    raise ProcessExited(pid, f"process {pid} ended during the dump") from None
+                raise ProcessError(
+                    pid, f"cannot read the memory of {pid}: {error.strerror}"
+                ) from None
+            try:
+                pagemap: int | None = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pagemap = None
+            files = self._files[pid] = (mem, pagemap)
+        return files
 
-    def _read(self, address: int, view: memoryview) -> int:
+    def _read(self, pid: int, address: int, view: memoryview) -> int:
+        mem = self._files_of(pid)[0]
         done = 0
         while done < len(view):
             try:
-                count = os.preadv(self._mem, [view[done:]], address + done)
+                count = os.preadv(mem, [view[done:]], address + done)
             except OSError:
                 return done
             if count <= 0:
@@ -379,53 +436,20 @@ class MemoryCopier:
             done += count
         return done
 
-    def _read_pages(self, address: int, view: memoryview) -> None:
+    def _read_pages(self, pid: int, address: int, view: memoryview) -> None:
         for offset in range(0, len(view), PAGE_SIZE):
             page = view[offset : offset + PAGE_SIZE]
-            if self._read(address + offset, page) < len(page):
+            if self._read(pid, address + offset, page) < len(page):
                 page[:] = bytes(len(page))
                 self.unreadable += len(page)
 
-    def _store(self, view: memoryview) -> None:
-        """Write the non-zero pages of ``view``; all-zero pages are skipped (holes)."""
-        size = len(view)
-        whole = size - size % PAGE_SIZE
-        at = 0
-        if whole:
-            words = np.frombuffer(view[:whole], dtype=np.uint64).reshape(-1, _WORDS_PER_PAGE)
-            nonzero = np.asarray(words.any(axis=1), dtype=bool)
-            for run_start, run_pages in _runs(nonzero):
-                begin = run_start * PAGE_SIZE
-                if begin > at:
-                    self.sink.skip(begin - at)
-                self.sink.write(view[begin : begin + run_pages * PAGE_SIZE])
-                self.stored += run_pages * PAGE_SIZE
-                at = begin + run_pages * PAGE_SIZE
-        if whole > at:
-            self.sink.skip(whole - at)
-        if whole < size:
-            tail = view[whole:]
-            if any(tail):
-                self.sink.write(tail)
-                self.stored += len(tail)
-            else:
-                self.sink.skip(len(tail))
-        self._advance(size)
-
-    def _advance(self, size: int) -> None:
-        self.done += size
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-
-    def _present(self, address: int, pages: int) -> np.typing.NDArray[np.bool_]:
+    def _present(self, pid: int, address: int, pages: int) -> np.typing.NDArray[np.bool_]:
         """Which of ``pages`` pages from ``address`` are present or swapped out."""
-        if self._pagemap is None:
-            try:
-                self._pagemap = os.open(f"/proc/{self.pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return np.ones(pages, dtype=bool)
+        pagemap = self._files_of(pid)[1]
+        if pagemap is None:
+            return np.ones(pages, dtype=bool)
         try:
-            raw = os.pread(self._pagemap, pages * 8, (address // PAGE_SIZE) * 8)
+            raw = os.pread(pagemap, pages * 8, (address // PAGE_SIZE) * 8)
         except OSError:
             return np.ones(pages, dtype=bool)
         entries = np.frombuffer(raw[: len(raw) - len(raw) % 8], dtype=np.uint64)
@@ -433,6 +457,113 @@ class MemoryCopier:
         if len(present) < pages:  # unreadable entries: read those pages
             present = np.concatenate([present, np.ones(pages - len(present), dtype=bool)])
         return present
+
+    def _queue_pages(self, buffer: bytearray, length: int) -> None:
+        """Hand ``length`` bytes of ``buffer`` to the writer, with its runs of non-zero pages."""
+        whole = length - length % PAGE_SIZE
+        runs: list[tuple[int, int]] = []
+        if whole:
+            words = np.frombuffer(buffer, dtype=np.uint64, count=whole // 8)
+            nonzero = np.asarray(words.reshape(-1, _WORDS_PER_PAGE).any(axis=1), dtype=bool)
+            runs = [(start * PAGE_SIZE, pages * PAGE_SIZE) for start, pages in _runs(nonzero)]
+        if whole < length and any(buffer[whole:length]):
+            runs.append((whole, length - whole))
+        self.stored += sum(size for _, size in runs)
+        self._check()
+        self._jobs.put(_Job(buffer=buffer, length=length, runs=runs))
+        self._advance(length)
+
+    def _take(self) -> bytearray:
+        self._check()
+        return self._free.get()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _advance(self, size: int) -> None:
+        self.done += size
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    # -- the writing side --
+
+    def _write_all(self) -> None:
+        sink = self.sink
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                if self._failure is not None:
+                    continue
+                if job.data is not None:
+                    sink.write(job.data)
+                elif job.buffer is not None:
+                    view = memoryview(job.buffer)
+                    at = 0
+                    for begin, size in job.runs:
+                        sink.skip(begin - at)
+                        sink.write(view[begin : begin + size])
+                        at = begin + size
+                    sink.skip(job.length - at)
+                    del view
+                else:
+                    sink.skip(job.skip)
+            except BaseException as error:  # handed to the reading side
+                self._failure = error
+            finally:
+                if job.buffer is not None:
+                    self._free.put(job.buffer)
+
+    def finish(self) -> None:
+        """Wait until everything is written; raise what the writer met."""
+        self._stop_writer()
+        self._check()
+
+    def _stop_writer(self) -> None:
+        if self._writer.is_alive():
+            self._jobs.put(None)
+            self._writer.join()
+
+    def close(self) -> None:
+        self._stop_writer()
+        for mem, pagemap in self._files.values():
+            os.close(mem)
+            if pagemap is not None:
+                os.close(pagemap)
+        self._files.clear()
+
+
+class _Job:
+    """One piece of work for the writer: data, a hole, or a buffer of pages with its
+    runs of non-zero bytes (offset, size)."""
+
+    __slots__ = ("buffer", "data", "length", "runs", "skip")
+
+    def __init__(
+        self,
+        *,
+        data: bytes | None = None,
+        skip: int = 0,
+        buffer: bytearray | None = None,
+        length: int = 0,
+        runs: list[tuple[int, int]] | None = None,
+    ) -> None:
+        self.data = data
+        self.skip = skip
+        self.buffer = buffer
+        self.length = length
+        self.runs = runs or []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 def _runs(flags: np.typing.NDArray[np.bool_]) -> list[tuple[int, int]]:
