@@ -15,13 +15,17 @@ The kernel's core is taken by ``kill -ABRT`` of a fresh copy of the target
 write a file (not a pipe).  Its "pause" is the process's end: reported as
 the wall time from the signal to the reaped process, the core on disk.
 
-Usage: python bench/gcore.py [--heap-mb 1024,4096] [--runs 5]
+"on disk ms" adds an fsync of the core to each tool's wall time: redhand fsyncs
+its core before naming it, gdb and the kernel leave theirs in the page cache.
+
+Usage: python bench/gcore.py [--heap-mb 1024,4096] [--runs 5] [--hugepages]
                              [--tools redhand-fork,redhand-stop,redhand-zstd,gdb,kernel]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -43,19 +47,27 @@ class Figures:
     def __init__(self) -> None:
         self.pause: list[float] = []
         self.wall: list[float] = []
+        self.durable: list[float] = []
         self.disk: list[int] = []
         self.apparent: list[int] = []
+        self.freeze: list[float] = []
+        """redhand's own figure: stopping every thread and copying its registers (ms)."""
 
-    def add(self, pause: float, wall: float, core: Path) -> None:
+    def add(self, pause: float, wall: float, durable: float, core: Path) -> None:
         info = core.stat()
         self.pause.append(pause)
         self.wall.append(wall)
+        self.durable.append(durable)
         self.disk.append(info.st_blocks * 512)
         self.apparent.append(info.st_size)
 
+    def median(self, name: str) -> float:
+        values = getattr(self, name)
+        return statistics.median(values) if values else float("nan")
+
 
 def command(tool: str, pid: int, core: Path) -> list[str]:
-    redhand = [*redhand_command(), "gcore", str(pid), "-o", str(core)]
+    redhand = [*redhand_command(), "gcore", str(pid), "-o", str(core), "--json"]
     return {
         "redhand-fork": [*redhand, "--mode", "fork"],
         "redhand-stop": [*redhand, "--mode", "stop"],
@@ -64,29 +76,46 @@ def command(tool: str, pid: int, core: Path) -> list[str]:
     }[tool]
 
 
-def run_tool(target: Target, tool: str, core: Path) -> tuple[float, float]:
-    """(pause in ms as the heartbeat saw it, wall time in ms)."""
+def run_tool(target: Target, tool: str, core: Path) -> tuple[float, float, float, float]:
+    """(pause in ms as the heartbeat saw it, wall time in ms, wall time until the core
+    is on disk: redhand fsyncs it; gdb and the kernel leave it to the page cache; the
+    freeze redhand reports, in ms, or nan)."""
     target.reset()
     started = time.perf_counter()
     result = subprocess.run(
         command(tool, target.pid, core),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         timeout=1800,
     )
     wall = (time.perf_counter() - started) * 1000
     if result.returncode != 0 or not core.exists():
         raise SystemExit(f"{tool} failed: {result.stderr.decode(errors='replace')}")
-    return target.max_gap_ms(), wall
+    fsync(core)
+    durable = (time.perf_counter() - started) * 1000
+    freeze = float("nan")
+    if tool.startswith("redhand"):
+        freeze = json.loads(result.stdout)["timings"]["freeze"] * 1000
+    return target.max_gap_ms(), wall, durable, freeze
 
 
-def kernel_core(binary: Path, heap_mb: int, workdir: Path) -> tuple[float, Path]:
-    """Start a fresh target, kill it with SIGABRT; (ms until it was reaped, its core)."""
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def kernel_core(
+    binary: Path, heap_mb: int, workdir: Path, options: list[str]
+) -> tuple[float, float, Path]:
+    """Start a fresh target, kill it with SIGABRT: (ms until it was reaped, ms until its
+    core was on disk, the core)."""
     folder = workdir / f"kernel-{time.monotonic_ns()}"
     folder.mkdir()
     limit = (resource.RLIM_INFINITY, resource.RLIM_INFINITY)
     resource.setrlimit(resource.RLIMIT_CORE, limit)  # inherited by the target
-    target = Target(binary, 18, folder, f"--heap-mb={heap_mb}")
+    target = Target(binary, 18, folder, f"--heap-mb={heap_mb}", *options)
     try:
         started = time.perf_counter()
         os.kill(target.pid, signal.SIGABRT)
@@ -97,58 +126,69 @@ def kernel_core(binary: Path, heap_mb: int, workdir: Path) -> tuple[float, Path]
     cores = [path for path in folder.iterdir() if path.name.startswith("core")]
     if not cores:
         raise SystemExit("the kernel wrote no core here: core_pattern is not a plain file name")
-    return wall, cores[0]
+    fsync(cores[0])
+    return wall, (time.perf_counter() - started) * 1000, cores[0]
 
 
 def size(count: float) -> str:
     return f"{count / MiB:,.0f} MiB"
 
 
-def bench(heap_mb: int, runs: int, tools: list[str], binary: Path, workdir: Path) -> None:
+def bench(
+    heap_mb: int, runs: int, tools: list[str], binary: Path, workdir: Path, options: list[str]
+) -> None:
     figures: dict[str, Figures] = {tool: Figures() for tool in tools}
     live = [tool for tool in tools if tool != "kernel"]
-    target = Target(binary, 18, workdir, f"--heap-mb={heap_mb}") if live else None
+    heap = f"--heap-mb={heap_mb}"
+    target = Target(binary, 18, workdir, heap, *options) if live else None
     try:
         for run in range(runs):
             for tool in live:
                 assert target is not None
                 core = workdir / f"core-{tool}-{run}"
-                pause, wall = run_tool(target, tool, core)
-                figures[tool].add(pause, wall, core)
+                pause, wall, durable, freeze = run_tool(target, tool, core)
+                figures[tool].add(pause, wall, durable, core)
+                figures[tool].freeze.append(freeze)
                 core.unlink()
             if "kernel" in tools:
-                wall, core = kernel_core(binary, heap_mb, workdir)
-                figures["kernel"].add(float("nan"), wall, core)
+                wall, durable, core = kernel_core(binary, heap_mb, workdir, options)
+                figures["kernel"].add(float("nan"), wall, durable, core)
                 shutil.rmtree(core.parent)
     finally:
         if target is not None:
             target.close()
-    print(f"\n{heap_mb:,} MiB touched, 20 threads, {runs} runs each, medians:")
-    print(f"  {'tool':<14} {'pause ms':>10} {'wall ms':>10} {'disk':>10} {'apparent':>10}")
+    pages = "huge pages (MADV_HUGEPAGE)" if "--hugepages" in options else "4 KiB pages"
+    print(f"\n{heap_mb:,} MiB touched in {pages}, 20 threads, {runs} runs each, medians:")
+    print(
+        f"  {'tool':<14} {'pause ms':>10} {'wall ms':>9} {'on disk ms':>11} "
+        f"{'disk':>10} {'apparent':>10}"
+    )
     for tool, values in figures.items():
-        pause = statistics.median(values.pause) if tool != "kernel" else float("nan")
         print(
-            f"  {tool:<14} {pause:>10.1f} {statistics.median(values.wall):>10.0f} "
-            f"{size(statistics.median(values.disk)):>10} "
-            f"{size(statistics.median(values.apparent)):>10}"
+            f"  {tool:<14} {values.median('pause'):>10.1f} {values.median('wall'):>9.0f} "
+            f"{values.median('durable'):>11.0f} {size(values.median('disk')):>10} "
+            f"{size(values.median('apparent')):>10}"
         )
-    if "redhand-fork" in figures and figures["redhand-fork"].pause:
-        fork = figures["redhand-fork"]
-        pause = statistics.median(fork.pause)
-        print(f"  redhand fork: {pause / (heap_mb / 1024):.1f} ms of pause per GiB")
-        for tool in ("redhand-stop", "redhand-zstd", "gdb"):
-            if tool in figures:
-                other = figures[tool]
-                print(
-                    f"  {tool}: pause {statistics.median(other.pause) / pause:.1f}x redhand "
-                    f"fork's, wall {statistics.median(other.wall) / statistics.median(fork.wall):.2f}x"
-                )
-        if "kernel" in figures:
-            kernel = figures["kernel"]
-            print(
-                f"  kernel: disk {statistics.median(kernel.disk) / statistics.median(fork.disk):.2f}"
-                "x redhand fork's"
-            )
+    fork = figures.get("redhand-fork")
+    if fork is None:
+        return
+    pause = fork.median("pause")
+    print(
+        f"  redhand fork: {pause / (heap_mb / 1024):.1f} ms of pause per GiB; "
+        f"stopping the 20 threads and copying their registers: {fork.median('freeze'):.2f} ms"
+    )
+    for tool in ("redhand-stop", "redhand-zstd", "gdb", "kernel"):
+        other = figures.get(tool)
+        if other is None:
+            continue
+        ratios = [
+            f"wall {other.median('wall') / fork.median('wall'):.2f}x",
+            f"until on disk {other.median('durable') / fork.median('durable'):.2f}x",
+            f"disk {other.median('disk') / fork.median('disk'):.2f}x",
+        ]
+        if tool != "kernel":
+            ratios.insert(0, f"pause {other.median('pause') / pause:.1f}x")
+        print(f"  {tool} / redhand fork: {', '.join(ratios)}")
 
 
 def main() -> None:
@@ -157,6 +197,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--workdir", help="where cores are written (default: a temporary folder)")
+    parser.add_argument(
+        "--hugepages", action="store_true", help="the target's memory in transparent huge pages"
+    )
     args = parser.parse_args()
     tools = [tool for tool in args.tools.split(",") if tool]
     unknown = set(tools) - set(TOOLS)
@@ -168,7 +211,8 @@ def main() -> None:
         workdir = Path(directory)
         binary = compile_target(workdir)
         for heap_mb in (int(text) for text in args.heap_mb.split(",")):
-            bench(heap_mb, args.runs, tools, binary, workdir)
+            options = ["--hugepages"] if args.hugepages else []
+            bench(heap_mb, args.runs, tools, binary, workdir, options)
     sys.stdout.flush()
 
 

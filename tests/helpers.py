@@ -86,6 +86,8 @@ PREREQUISITES = (
     ),
     Prerequisite("ocamlopt", "apt-get install ocaml-nox", "ocamlopt"),
     Prerequisite("debuginfod", "apt-get install debuginfod", "debuginfod"),
+    Prerequisite("lldb", "apt-get install lldb python3-lldb-14", "lldb"),
+    Prerequisite("unshare", "apt-get install util-linux", "unshare"),
     Prerequisite("ptrace", "(ptrace_problem says what to do)"),
 )
 

@@ -20,7 +20,12 @@ need xz xz-utils
 need debuginfod debuginfod
 need readelf binutils
 need dwz dwz
+need lldb lldb
+need unshare util-linux
 dpkg -s libc6-dbg >/dev/null 2>&1 || apt_packages+=(libc6-dbg)
+# lldb's Python half (without it Debian's lldb cannot run commands from -o)
+compgen -G "/usr/lib/llvm-*/lib/python3*/dist-packages/lldb/embedded_interpreter.py" >/dev/null \
+    || apt_packages+=(python3-lldb-14)
 python=/usr/bin/python3
 [ -x "$python" ] || python=python3
 "$python" -c 'import ensurepip, venv' >/dev/null 2>&1 || apt_packages+=(python3-venv)

@@ -186,7 +186,7 @@ def wait_stop(tid: int, timeout: float = _WAIT_TIMEOUT) -> tuple[int, int]:
         if time.monotonic() > deadline:
             raise InjectionError(tid, f"thread {tid} did not stop within {timeout:.0f} s")
         time.sleep(delay)
-        delay = min(delay * 2, 0.001)
+        delay = min(delay * 2, 0.0002)
 
 
 # -- the clone child ------------------------------------------------------------------
