@@ -403,19 +403,23 @@ def wait_parked(
         raise TimeoutError(f"{error}: {'; '.join(problems)}") from None
 
 
-def wait_until(condition: _Condition, what: str, timeout: float = 60.0) -> None:
-    """Poll ``condition`` (every millisecond at first, backing off) until true.
+def wait_until(
+    condition: _Condition, what: str, timeout: float = 60.0, *, interval: float | None = None
+) -> None:
+    """Poll ``condition`` until true: every millisecond at first, backing off to 50 ms,
+    or every ``interval`` seconds (to catch a state that lasts only milliseconds).
 
     ``timeout`` is a bound against a hang, never a measure of speed: it is
     generous, for a machine busy with other work.  TimeoutError names ``what``.
     """
     deadline = time.monotonic() + timeout
-    delay = 0.001
+    delay = interval if interval is not None else 0.001
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        if interval is None:
+            delay = min(delay * 2, 0.05)
 
 
 class _Condition(Protocol):

@@ -31,7 +31,8 @@ BUDGET = 600.0  # seconds for the whole signal test: a bound against a hang
 
 # The driver: freeze(pid) in a loop, one "." per capture on stdout.
 #   argv: pid, modes (comma-separated), count (0: until killed)
-#   "slow": 3-20 ms more inside the frozen section;
+#   "slow": 30-100 ms more inside the frozen section (long enough to be hit by a
+#     signal on a busy machine);
 #   "survive": catch KeyboardInterrupt and SIGTERM (as a long-running program
 #     using redhand would), say "caught" and stay alive without capturing;
 #   "fail": every other capture raises inside the frozen section;
@@ -51,7 +52,7 @@ calls = []
 def copy(capture):
     calls.append(1)
     if "slow" in modes:
-        time.sleep(rng.uniform(0.003, 0.02))
+        time.sleep(rng.uniform(0.03, 0.1))
     if "fail" in modes and len(calls) % 2:
         raise RuntimeError("injected fault inside the frozen section")
     real_copy(capture)
@@ -148,7 +149,7 @@ def test_interrupted_captures_never_leave_target_stopped(target: HeartbeatProgra
             time.sleep(rng.uniform(0.0, 0.12))  # a random moment, not a readiness wait
             if slow:
                 # Hit the frozen section: wait for the heartbeat to be stopped.
-                wait_until(lambda: heartbeat_state(target) == "t", "a freeze")
+                wait_until(lambda: heartbeat_state(target) == "t", "a freeze", interval=0.0005)
             frozen = heartbeat_state(target) == "t"
             os.kill(driver.process.pid, kind)
             why = f"round {rounds}, {signal.Signals(kind).name}, {modes}, frozen={frozen}"

@@ -514,3 +514,67 @@ def test_zstd_core_reads_as_the_plain_one(target: GcoreTarget, tmp_path: Path) -
         reports.append(json.loads(result.stdout))
     assert reports[1]["compression"] == "zstd"
     assert reports[0]["threads"] == reports[1]["threads"]
+
+
+# -- when a fork is unsafe ------------------------------------------------------------------
+
+
+def _cgroup_root(controller: str) -> Path | None:
+    """Where a child cgroup with ``controller`` can be made: its v1 hierarchy, or the v2
+    root when the controller is enabled for children there."""
+    v1 = Path("/sys/fs/cgroup") / controller
+    if (v1 / "cgroup.procs").exists():
+        return v1
+    v2 = Path("/sys/fs/cgroup")
+    try:
+        if controller in (v2 / "cgroup.subtree_control").read_text().split():
+            return v2
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.parametrize(
+    ("controller", "limit_file", "reason"),
+    [("pids", "pids.max", "pids limit"), ("memory", None, "copy-on-write memory")],
+)
+def test_unsafe_fork_falls_back_to_stop(
+    target_binary: Path, tmp_path: Path, controller: str, limit_file: str | None, reason: str
+) -> None:
+    """A process whose cgroup could not hold a copy (no pids left, or too little memory for
+    what it may dirty during the dump): stop mode, and the reason said."""
+    root = _cgroup_root(controller)
+    if root is None:
+        pytest.skip(f"no {controller} cgroup controller to make a child group with")
+    group = root / f"redhand-test-{os.getpid()}-{controller}"
+    group.mkdir()
+    try:
+        with gcore_target(target_binary, tmp_path) as target:
+            threads = len(process_tids(target.pid))
+            if controller == "pids":
+                (group / "pids.max").write_text(str(threads))
+            else:  # a limit well under the 16 MiB the process has written
+                name = "memory.max" if root == Path("/sys/fs/cgroup") else "memory.limit_in_bytes"
+                (group / name).write_text(str(8 << 20))
+            (group / "cgroup.procs").write_text(str(target.pid))
+            result = run_redhand("gcore", str(target.pid), "-o", str(tmp_path / "core"), "--json")
+            assert result.returncode == 0, result.stderr
+            document = json.loads(result.stdout)
+            assert document["mode"] == "stop" and reason in document["mode_reason"], document
+            assert_untouched(target)
+    finally:
+        wait_until(lambda: not (group / "cgroup.procs").read_text().strip(), "an empty cgroup")
+        group.rmdir()
+
+
+def test_thread_shown_first(target: GcoreTarget, tmp_path: Path) -> None:
+    reader = target.tids["reader"]
+    core_path = tmp_path / "core"
+    result = run_redhand("gcore", str(target.pid), "-o", str(core_path), "-t", str(reader))
+    assert result.returncode == 0, result.stderr
+    first = Core.read(core_path).notes[0]
+    assert first[1] == NT_PRSTATUS and int.from_bytes(first[2][32:36], "little") == reader
+    with redhand.open_core(core_path) as opened:
+        assert opened.threads[0].tid == reader and not opened.threads[0].crashed
+    unknown = run_redhand("gcore", str(target.pid), "-o", str(tmp_path / "x"), "-t", "1")
+    assert unknown.returncode == 3 and "has no thread 1" in unknown.stderr

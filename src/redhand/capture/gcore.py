@@ -391,52 +391,66 @@ def _choose_mode(pid: int, facts: _Facts, mode: Mode) -> tuple[Mode, str | None]
 
 
 def _pids_limit_reached(pid: int) -> str | None:
-    group = _cgroup_dir(pid)
-    if group is None:
+    limit = _cgroup_value(pid, "pids", "pids.max", "pids.max")
+    current = _cgroup_value(pid, "pids", "pids.current", "pids.current")
+    if limit is None or current is None or current < limit:
         return None
-    try:
-        with open(os.path.join(group, "pids.max")) as file:
-            limit = file.read().strip()
-        with open(os.path.join(group, "pids.current")) as file:
-            current = int(file.read())
-    except (OSError, ValueError):
-        return None
-    if limit != "max" and current >= int(limit):
-        return f"its cgroup's pids limit is reached ({current} of {limit}): a copy cannot be made"
-    return None
+    return f"its cgroup's pids limit is reached ({current} of {limit}): a copy cannot be made"
 
 
 def _memory_short(facts: _Facts) -> str | None:
     """Why the copy-on-write memory a fork may cost could run the machine short, or None."""
     available = _meminfo("MemAvailable")
-    group = _cgroup_dir(facts.process.pid)
-    if group is not None:
-        try:
-            with open(os.path.join(group, "memory.max")) as file:
-                limit = file.read().strip()
-            with open(os.path.join(group, "memory.current")) as file:
-                used = int(file.read())
-            if limit != "max":
-                room = int(limit) - used
-                available = room if available is None else min(available, room)
-        except (OSError, ValueError):
-            pass
+    pid = facts.process.pid
+    limit = _cgroup_value(pid, "memory", "memory.max", "memory.limit_in_bytes")
+    used = _cgroup_value(pid, "memory", "memory.current", "memory.usage_in_bytes")
+    if limit is not None and used is not None:
+        room = max(limit - used, 0)
+        available = room if available is None else min(available, room)
     if available is None or facts.rss_anon <= available:
         return None
     return (
-        f"the process may dirty up to {format_size(facts.rss_anon)} of copy-on-write memory while "
-        f"it is dumped, more than the {format_size(available)} available"
+        f"the process may dirty up to {format_size(facts.rss_anon)} of copy-on-write memory "
+        f"while it is dumped, more than the {format_size(available)} available"
     )
 
 
-def _cgroup_dir(pid: int) -> str | None:
+_NO_LIMIT = 1 << 62
+"""cgroup v1 says "no limit" with a number near 2**63."""
+
+
+def _cgroup_value(pid: int, controller: str, v2_name: str, v1_name: str) -> int | None:
+    """A number from the process's cgroup (v2, or v1's ``controller`` hierarchy); None
+    when there is none or no limit ("max")."""
     try:
         with open(f"/proc/{pid}/cgroup") as file:
-            for line in file:
-                if line.startswith("0::"):
-                    return "/sys/fs/cgroup" + line[3:].strip()
+            lines = file.read().splitlines()
     except OSError:
-        pass
+        return None
+    candidates = []
+    for line in lines:
+        _id, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":
+            for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                candidates.append(os.path.join(root, path, v2_name))
+        elif controller in controllers.split(","):
+            base = os.path.join("/sys/fs/cgroup", controller)
+            candidates.append(os.path.join(base, path, v1_name))
+            candidates.append(os.path.join("/sys/fs/cgroup", controllers, path, v1_name))
+    for candidate in candidates:
+        try:
+            with open(candidate) as file:
+                text = file.read().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            return None
+        return None if value >= _NO_LIMIT else value
     return None
 
 
