@@ -237,14 +237,7 @@ def get_event_message(tid: int) -> int:
 
 def get_registers(tid: int) -> Registers:
     """PTRACE_GETREGSET NT_PRSTATUS of a stopped tracee."""
-    words = (ctypes.c_uint64 * USER_REGS_WORDS)()
-    iov = IOVec(ctypes.addressof(words), USER_REGS_SIZE)
-    _check(
-        raw_ptrace(PTRACE_GETREGSET, tid, NT_PRSTATUS, ctypes.addressof(iov)),
-        tid,
-        "PTRACE_GETREGSET",
-    )
-    return Registers.from_user_regs(list(words))
+    return Registers.from_user_regs(get_register_words(tid))
 
 
 def set_registers(tid: int, words: Sequence[int]) -> None:
