@@ -506,6 +506,11 @@ class _Job:
         self.maps: list[Mapping] = []
         self.captured: dict[int, bytes] = {}
 
+    def _time(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[phase] = now - since
+        return now
+
     def check_space(self) -> None:
         """Refuse at once when the destination cannot hold the memory to be written."""
         if self.compression is not None:
@@ -551,9 +556,10 @@ class _Job:
             since = clock()
             capture.stop_all()
             capture.copy_registers()
+            since = self._time("freeze", since)  # as redhand stack's freeze
             self._keep_threads(capture)
             self.maps = procfs.read_maps(self.pid)
-            self.timings["freeze"] = clock() - since
+            self._time("snapshot", since)  # FP and XSAVE areas, the mappings
             if capture.incomplete() and not has_live_thread(self.pid):
                 raise ProcessExited(self.pid, f"process {self.pid} exited while it was frozen")
             if self.mode is Mode.FORK:

@@ -106,7 +106,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
 
-__all__ = ["Capture", "Snapshot", "ThreadSnapshot", "check_process", "freeze", "run_as_tracer"]
+__all__ = ["Capture", "Snapshot", "ThreadSnapshot", "check_process", "freeze"]
 
 RED_ZONE = 128  # bytes below sp a leaf function may use (x86_64 psABI)
 DEFAULT_STACK_BYTES = 1 << 20
@@ -301,11 +301,6 @@ def freeze(
 # -- running the frozen part in its own thread -----------------------------------
 
 
-def run_as_tracer(work: Callable[[], None]) -> None:
-    """Run ``work`` in a new thread that becomes the tracer (see :func:`_run_as_tracer`)."""
-    _run_as_tracer(work)
-
-
 def _run_as_tracer(work: Callable[[], None]) -> None:
     """Run ``work`` in a new thread, the tracer; re-raise what it raised.
 
@@ -437,6 +432,7 @@ class _Capture:
         self.last_detach_ns = 0
         self.phase_ns: dict[str, int] = {}
         self.late_names: dict[int, tuple[str, str]] = {}  # tid -> (name, state) of new threads
+        self._index_of: dict[int, int] | None = None  # tid -> its place in ``order``
 
     @property
     def frozen_ns(self) -> int:
@@ -486,7 +482,9 @@ class _Capture:
 
     def registers_of(self, tid: int) -> list[int] | None:
         """The 27 words of a stopped thread's user_regs_struct, as copied; None without."""
-        index = self.order.index(tid) if tid in self.order else -1
+        if self._index_of is None or len(self._index_of) != len(self.order):
+            self._index_of = {tid: index for index, tid in enumerate(self.order)}
+        index = self._index_of.get(tid, -1)
         if index < 0 or self.words is None or not self.has_registers[index]:
             return None
         first = index * USER_REGS_WORDS
