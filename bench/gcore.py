@@ -52,6 +52,8 @@ class Figures:
         self.apparent: list[int] = []
         self.freeze: list[float] = []
         """redhand's own figure: stopping every thread and copying its registers (ms)."""
+        self.own_pause: list[float] = []
+        """redhand's own figure for the pause: first thread stopped to last let go (ms)."""
 
     def add(self, pause: float, wall: float, durable: float, core: Path) -> None:
         info = core.stat()
@@ -76,10 +78,12 @@ def command(tool: str, pid: int, core: Path) -> list[str]:
     }[tool]
 
 
-def run_tool(target: Target, tool: str, core: Path) -> tuple[float, float, float, float]:
+def run_tool(
+    target: Target, tool: str, core: Path
+) -> tuple[float, float, float, tuple[float, float]]:
     """(pause in ms as the heartbeat saw it, wall time in ms, wall time until the core
     is on disk: redhand fsyncs it; gdb and the kernel leave it to the page cache; the
-    freeze redhand reports, in ms, or nan)."""
+    freeze and the pause redhand reports, in ms, or nan)."""
     target.reset()
     started = time.perf_counter()
     result = subprocess.run(
@@ -92,10 +96,11 @@ def run_tool(target: Target, tool: str, core: Path) -> tuple[float, float, float
         raise SystemExit(f"{tool} failed: {result.stderr.decode(errors='replace')}")
     fsync(core)
     durable = (time.perf_counter() - started) * 1000
-    freeze = float("nan")
+    own = (float("nan"), float("nan"))
     if tool.startswith("redhand"):
-        freeze = json.loads(result.stdout)["timings"]["freeze"] * 1000
-    return target.max_gap_ms(), wall, durable, freeze
+        document = json.loads(result.stdout)
+        own = (document["timings"]["freeze"] * 1000, document["pause_ns"] / 1e6)
+    return target.max_gap_ms(), wall, durable, own
 
 
 def fsync(path: Path) -> None:
@@ -146,9 +151,10 @@ def bench(
             for tool in live:
                 assert target is not None
                 core = workdir / f"core-{tool}-{run}"
-                pause, wall, durable, freeze = run_tool(target, tool, core)
+                pause, wall, durable, (freeze, own_pause) = run_tool(target, tool, core)
                 figures[tool].add(pause, wall, durable, core)
                 figures[tool].freeze.append(freeze)
+                figures[tool].own_pause.append(own_pause)
                 core.unlink()
             if "kernel" in tools:
                 wall, durable, core = kernel_core(binary, heap_mb, workdir, options)
@@ -174,8 +180,9 @@ def bench(
         return
     pause = fork.median("pause")
     print(
-        f"  redhand fork: {pause / (heap_mb / 1024):.1f} ms of pause per GiB; "
-        f"stopping the 20 threads and copying their registers: {fork.median('freeze'):.2f} ms"
+        f"  redhand fork: {pause / (heap_mb / 1024):.1f} ms of pause per GiB; by redhand's own "
+        f"clock: paused {fork.median('own_pause'):.1f} ms, of which stopping the 20 threads "
+        f"and copying their registers {fork.median('freeze'):.2f} ms"
     )
     for tool in ("redhand-stop", "redhand-zstd", "gdb", "kernel"):
         other = figures.get(tool)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from helpers import LiveProgram, compile_c
+from helpers import LiveProgram, compile_c, thread_comm, thread_state
 
 PT_LOAD, PT_NOTE = 1, 4
 PN_XNUM = 0xFFFF
@@ -186,21 +186,13 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def comm_and_state(pid: int) -> tuple[str, str] | None:
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return data[data.index("(") + 1 : data.rindex(")")], data[data.rindex(")") + 2]
-
-
 def copies_of(pid: int) -> list[tuple[int, str]]:
     """(pid, state) of every child named redhand-copy."""
     found = []
     for child in children_of(pid):
-        info = comm_and_state(child)
-        if info is not None and info[0] == "redhand-copy":
-            found.append((child, info[1]))
+        state = thread_state(child, child)
+        if thread_comm(child, child) == "redhand-copy" and state is not None:
+            found.append((child, state))
     return found
 
 

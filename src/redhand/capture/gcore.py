@@ -63,7 +63,6 @@ from redhand.capture.output import (
 from redhand.capture.selection import (
     Choice,
     Dump,
-    Reason,
     SmapsEntry,
     choose,
     executable_file,
@@ -81,11 +80,16 @@ from redhand.errors import (
 )
 from redhand.proc import procfs, ptrace
 from redhand.proc.checks import check_process, has_live_thread
-from redhand.proc.freeze import DEFAULT_STOP_TIMEOUT, Capture
+from redhand.proc.freeze import (
+    DEFAULT_STOP_TIMEOUT,
+    Capture,
+    raise_priority,
+    restore_priority,
+)
 from redhand.target.model import USER_REGS_FIELDS, Mapping
 from redhand.units import format_size
 
-COPY_NAME = b"redhand-copy"
+COPY_NAME = "redhand-copy"
 """The name (comm) the copy of a process gets: in ps while it is dumped, and how a copy
 left by a redhand that was killed is told from the process's own children."""
 
@@ -242,7 +246,7 @@ def gcore(
         mode_reason=job.mode_reason,
         pause_ns=job.pause_ns,
         reap_pause_ns=job.reap_pause_ns,
-        seconds=time.perf_counter() - started,
+        seconds=job.timings["total"],
         disk_bytes=info.st_blocks * 512,
         apparent_bytes=info.st_size,
         compression=compression,
@@ -287,13 +291,13 @@ class _Facts:
     def read(cls, pid: int) -> _Facts:
         try:
             status = procfs.read_status(pid)
-            fields = _stat_fields(pid)
+            fields = procfs.read_stat_fields(pid)
             tick_us = 1_000_000 // os.sysconf("SC_CLK_TCK")
             threads = {}
             for tid in procfs.list_tids(pid):
                 try:
                     thread_status = procfs.read_status(pid, tid)
-                    thread_fields = _stat_fields(pid, tid)
+                    thread_fields = procfs.read_stat_fields(pid, tid)
                 except (ProcessNotFound, OSError):
                     continue
                 threads[tid] = _ThreadFacts(
@@ -346,23 +350,12 @@ def _leftover_copies(pid: int) -> list[int]:
             continue
         for child in children:
             try:
-                with open(f"/proc/{child}/stat", "rb") as file:
-                    data = file.read()
-            except OSError:
+                stat = procfs.read_stat(child)
+            except RedhandError:
                 continue
-            comm = data[data.index(b"(") + 1 : data.rindex(b")")]
-            state = data[data.rindex(b")") + 2 : data.rindex(b")") + 3]
-            if comm == COPY_NAME and state == b"Z":
+            if stat.comm == COPY_NAME and stat.state == "Z":
                 found.append(child)
     return found
-
-
-def _stat_fields(pid: int, tid: int | None = None) -> list[str]:
-    """The fields of /proc/PID/stat after the command name: [state, ppid, pgrp, ...]."""
-    where = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
-    with open(where, "rb") as file:
-        data = file.read()
-    return data[data.rindex(b")") + 2 :].decode().split()
 
 
 def _kib(text: str) -> int:
@@ -400,7 +393,7 @@ def _pids_limit_reached(pid: int) -> str | None:
 
 def _memory_short(facts: _Facts) -> str | None:
     """Why the copy-on-write memory a fork may cost could run the machine short, or None."""
-    available = _meminfo("MemAvailable")
+    available = procfs.read_meminfo("MemAvailable")
     pid = facts.process.pid
     limit = _cgroup_value(pid, "memory", "memory.max", "memory.limit_in_bytes")
     used = _cgroup_value(pid, "memory", "memory.current", "memory.usage_in_bytes")
@@ -451,17 +444,6 @@ def _cgroup_value(pid: int, controller: str, v2_name: str, v1_name: str) -> int 
         except ValueError:
             return None
         return None if value >= _NO_LIMIT else value
-    return None
-
-
-def _meminfo(key: str) -> int | None:
-    try:
-        with open("/proc/meminfo") as file:
-            for line in file:
-                if line.startswith(key + ":"):
-                    return _kib(line.split(":", 1)[1])
-    except OSError:
-        pass
     return None
 
 
@@ -517,11 +499,9 @@ class _Job:
             return
         needed = 0
         for mapping in self.facts.mappings:
-            choice = choose(
-                mapping, self.facts.smaps.get(mapping.start), self.facts.coredump_filter
-            )
             entry = self.facts.smaps.get(mapping.start)
-            if choice.dump is not Dump.NOTHING and entry is not None:
+            choice = choose(mapping, entry, self.facts.coredump_filter)
+            if entry is not None:
                 needed += min(entry.rss + entry.swap, choice.size)
         free = self.output.free_bytes()
         if needed > free:
@@ -540,7 +520,7 @@ class _Job:
             if self.instruction is None:
                 self.mode, self.mode_reason = Mode.STOP, "no syscall instruction to inject"
         clock = time.perf_counter
-        previous_nice = _raise_priority()
+        previous_nice = raise_priority()
         capture = Capture(
             self.pid,
             list(self.facts.threads),
@@ -579,7 +559,7 @@ class _Job:
         finally:
             capture.resume_all()
             self.pause_ns = capture.frozen_ns
-            _restore_priority(previous_nice)
+            restore_priority(previous_nice)
         if child is None:
             return
         try:
@@ -697,7 +677,7 @@ class _Job:
             name_at = (stack - 4096) & ~0xF  # well below its red zone: the copy never runs
             with ptrace.LiveMemory(child) as memory:
                 saved = memory.read(name_at, len(COPY_NAME) + 1)
-            inject.write_memory(child, name_at, COPY_NAME + b"\0")
+            inject.write_memory(child, name_at, COPY_NAME.encode() + b"\0")
             try:
                 inject.run_syscall(
                     child, self.instruction, inject.SYS_PRCTL, (inject.PR_SET_NAME, name_at)
@@ -735,7 +715,7 @@ class _Job:
                 return
         self.warnings.append(
             f"process {self.pid} was not made to reap its copy: a zombie named "
-            f"{COPY_NAME.decode()} stays under it until it waits for its children, exits, "
+            f"{COPY_NAME} stays under it until it waits for its children, exits, "
             "or redhand gcore is run on it again"
         )
 
@@ -747,16 +727,13 @@ class _Job:
         for mapping in self.maps:
             entry = smaps.get(mapping.start) or self.facts.smaps.get(mapping.start)
             choices.append(choose(mapping, entry, self.facts.coredump_filter))
-        segments = [self._segment(source, choice) for choice in choices]
+        with ptrace.LiveMemory(source) as memory:
+            segments = [_segment(memory, choice) for choice in choices]
         for choice in choices:
-            reason = choice.reason
-            m = choice.mapping
-            pseudo = (m.path or "").startswith("[")  # the kernel's [vvar] and such
-            # A read-only shared file mapping holds what the file holds: nothing lost.
-            unchanged = reason is Reason.SHARED_FILE and not m.writable
-            if choice.dump is Dump.NOTHING and reason in _REPORTED and not pseudo and not unchanged:
-                assert reason is not None
-                self.left_out.append(Region(m.start, m.end, m.path, reason.value))
+            if choice.worth_saying:
+                m = choice.mapping
+                assert choice.reason is not None
+                self.left_out.append(Region(m.start, m.end, m.path, choice.reason.value))
         layout = Layout(self._notes(frozen), segments)
         self.segment_count = len(segments)
         sink: Sink = (
@@ -799,18 +776,6 @@ class _Job:
             lost = format_size(copier.unreadable)
             self.warnings.append(f"{lost} of memory could not be read (holes in the core)")
 
-    def _segment(self, source: int, choice: Choice) -> Segment:
-        mapping = choice.mapping
-        dumped = choice.size
-        if choice.dump is Dump.FIRST_PAGE and not executable_file(_real_path(mapping.path)):
-            # A library need not be executable: its first page only if it is ELF.
-            with ptrace.LiveMemory(source) as memory:
-                if memory.read_some(mapping.start, 4) != b"\x7fELF":
-                    dumped = 0
-        if mapping.path == "[vsyscall]":
-            dumped = 0  # execute-only on current kernels: nothing to read
-        return Segment(mapping.start, mapping.end, segment_flags(mapping.perms), dumped)
-
     def _notes(self, frozen: bool) -> list[Note]:
         files = [
             MappedFile(m.start, m.end, m.offset, m.path or "") for m in file_mappings(self.maps)
@@ -832,13 +797,18 @@ class _Job:
         )  # fmt: skip
 
 
-_REPORTED = frozenset({Reason.DONTDUMP, Reason.IO, Reason.SHARED_FILE})
-"""Why memory was left out that a user should hear of (file mappings of which only the
-first page is dumped, as by the kernel, go unsaid)."""
-
-
-def _real_path(path: str | None) -> str:
-    return procfs.split_deleted(path)[0] if path else ""
+def _segment(memory: ptrace.LiveMemory, choice: Choice) -> Segment:
+    """The PT_LOAD of a mapping; ``memory`` is where it is read (the process or its copy)."""
+    mapping = choice.mapping
+    dumped = choice.size
+    # A library need not be executable: then its first page only if it is ELF.
+    if (
+        choice.dump is Dump.FIRST_PAGE
+        and not executable_file(mapping)
+        and memory.read_some(mapping.start, 4) != b"\x7fELF"
+    ):
+        dumped = 0
+    return Segment(mapping.start, mapping.end, segment_flags(mapping.perms), dumped)
 
 
 def _reap_in(tid: int, instruction: int, children: list[int]) -> int | None:
@@ -876,26 +846,6 @@ def _reap_in(tid: int, instruction: int, children: list[int]) -> int | None:
             ptrace.detach(tid, held)
         except RedhandError:
             pass  # the kernel lets it go when the tracer thread ends
-
-
-def _raise_priority() -> int | None:
-    """nice -20 for this thread while the process is frozen (less waiting for a CPU)."""
-    me = threading.get_native_id()
-    try:
-        before = os.getpriority(os.PRIO_PROCESS, me)
-        os.setpriority(os.PRIO_PROCESS, me, -20)
-        return before
-    except OSError:
-        return None
-
-
-def _restore_priority(before: int | None) -> None:
-    if before is None:
-        return
-    try:  # noqa: SIM105
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), before)
-    except OSError:
-        pass
 
 
 # -- running it, cancellable ---------------------------------------------------------------

@@ -24,8 +24,8 @@ import os
 import signal
 import time
 
-from redhand.errors import ProcessError, ProcessExited
-from redhand.proc import ptrace
+from redhand.errors import ProcessError, ProcessExited, RedhandError
+from redhand.proc import procfs, ptrace
 from redhand.proc.ptrace import (
     CLD_STOPPED,
     CLD_TRAPPED,
@@ -192,41 +192,45 @@ def wait_stop(tid: int, timeout: float = _WAIT_TIMEOUT) -> tuple[int, int]:
 # -- the clone child ------------------------------------------------------------------
 
 
-def wait_child_stop(child: int, timeout: float = _WAIT_TIMEOUT) -> None:
-    """Collect the first stop of a child born traced (PTRACE_EVENT_STOP); consume it."""
+def _wait_child(child: int, timeout: float) -> int | None:
+    """The next wait status of a child redhand traces, consumed; None once it is not ours."""
     deadline = time.monotonic() + timeout
     while True:
-        pid, status = ptrace.waitpid(child, WALL | WNOHANG)
+        try:
+            pid, status = ptrace.waitpid(child, WALL | WNOHANG)
+        except ProcessError:
+            return None
         if pid == child:
-            if os.WIFSTOPPED(status):
-                return
-            raise ProcessExited(child, f"the copy {child} of the process ended at once")
+            return status
         if time.monotonic() > deadline:
-            raise InjectionError(child, f"the copy {child} of the process never stopped")
+            raise InjectionError(child, f"the copy {child} of the process did not answer")
         time.sleep(0.0001)
+
+
+def wait_child_stop(child: int, timeout: float = _WAIT_TIMEOUT) -> None:
+    """Collect the first stop of a child born traced (PTRACE_EVENT_STOP)."""
+    status = _wait_child(child, timeout)
+    if status is None or not os.WIFSTOPPED(status):
+        raise ProcessExited(child, f"the copy {child} of the process ended at once")
 
 
 def end_child(child: int, timeout: float = _WAIT_TIMEOUT) -> None:
     """SIGKILL a traced child and consume its exit as its tracer.
 
     It is then a zombie of its real parent (the target), which must reap it
-    (see :func:`reap_in`), or of init if the target has exited.
+    (an injected wait4), or of init if the target has exited.
     """
     try:
         os.kill(child, signal.SIGKILL)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            pid, status = ptrace.waitpid(child, WALL | WNOHANG)
-        except ProcessError:
-            return  # no longer ours to wait for
-        if pid == child and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
-            return
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.0001)
+    try:
+        while True:  # a stop reported before the kill may come first
+            status = _wait_child(child, timeout)
+            if status is None or os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                return
+    except InjectionError:
+        return  # it will be killed with the tracer thread (EXITKILL) in any case
 
 
 def write_memory(pid: int, address: int, data: bytes) -> None:
@@ -242,13 +246,9 @@ def write_memory(pid: int, address: int, data: bytes) -> None:
 def namespace_pid(pid: int) -> int:
     """A process's pid in its own pid namespace (the last NSpid of /proc/PID/status)."""
     try:
-        with open(f"/proc/{pid}/status", "rb") as file:
-            for line in file:
-                if line.startswith(b"NSpid:"):
-                    return int(line.split()[-1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return pid
+        return int(procfs.read_status(pid)["NSpid"].split()[-1])
+    except (RedhandError, KeyError, ValueError, IndexError):
+        return pid
 
 
 __all__ = [

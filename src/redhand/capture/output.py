@@ -26,7 +26,7 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import numpy as np
@@ -95,10 +95,14 @@ class OutputFile:
         if not os.path.isdir(self.folder):
             raise OutputError(self.path, f"{self.folder} is not a directory")
 
-    def _open_named(self) -> None:
+    def _hidden_names(self) -> Iterator[str]:
+        """Names for a temporary file beside the destination, hidden by a leading dot."""
         name = os.path.basename(self.path)
         for attempt in range(100):
-            candidate = os.path.join(self.folder, f".{name}.redhand-{os.getpid()}-{attempt}")
+            yield os.path.join(self.folder, f".{name}.redhand-{os.getpid()}-{attempt}")
+
+    def _open_named(self) -> None:
+        for candidate in self._hidden_names():
             try:
                 self.fd = os.open(
                     candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
@@ -154,9 +158,7 @@ class OutputFile:
             self._link(self.path)
             return
         # Replacing: a hidden name first, then rename over the old file.
-        name = os.path.basename(self.path)
-        for attempt in range(100):
-            candidate = os.path.join(self.folder, f".{name}.redhand-{os.getpid()}-{attempt}")
+        for candidate in self._hidden_names():
             try:
                 self._link(candidate)
             except FileExistsError:
@@ -237,8 +239,7 @@ class SparseSink:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.position = 0
-        self._unsynced_from = 0
-        self._unsynced = 0
+        self._unsynced_from = 0  # writeback was started for the file up to here
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -246,11 +247,9 @@ class SparseSink:
             written = os.pwrite(self.fd, view, self.position)
             view = view[written:]
             self.position += written
-            self._unsynced += written
-        if self._unsynced >= self.WRITEBACK_EVERY:
+        if self.position - self._unsynced_from >= self.WRITEBACK_EVERY:
             _start_writeback(self.fd, self._unsynced_from, self.position - self._unsynced_from)
             self._unsynced_from = self.position
-            self._unsynced = 0
 
     def skip(self, size: int) -> None:
         self.position += size
@@ -292,10 +291,10 @@ class ZstdSink:
         self.position += len(data)
 
     def skip(self, size: int) -> None:
-        zeros = self._ZEROS
+        zeros = memoryview(self._ZEROS)
         while size > 0:
             step = min(size, len(zeros))
-            self._stream.write(zeros[:step] if step < len(zeros) else zeros)
+            self._stream.write(zeros[:step])
             self.position += step
             size -= step
 

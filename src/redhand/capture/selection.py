@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from redhand.capture.corefile import PAGE_SIZE
+from redhand.proc.procfs import split_deleted
 from redhand.target.model import Mapping
 
 DEFAULT_FILTER = 0x33
@@ -36,8 +37,6 @@ MAPPED_SHARED = 1 << 3
 ELF_HEADERS = 1 << 4
 HUGETLB_PRIVATE = 1 << 5
 HUGETLB_SHARED = 1 << 6
-
-_ALWAYS = frozenset({"[vdso]", "[vsyscall]"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,8 +122,8 @@ class Reason(enum.Enum):
     IO = "an I/O mapping"
     SHARED_FILE = "a shared file mapping (coredump_filter bit 3 is off)"
     FILTERED = "excluded by coredump_filter"
-    UNTOUCHED = "never written to"
     NOT_READABLE = "not readable"
+    EXECUTE_ONLY = "execute-only (the vsyscall page)"
     HEADER_ONLY = "a file mapping: its first page only (coredump_filter)"
 
 
@@ -150,9 +149,17 @@ class Choice:
             return min(PAGE_SIZE, self.mapping.size)
         return 0
 
-
-def _deleted(path: str | None) -> bool:
-    return path is not None and path.endswith(" (deleted)")
+    @property
+    def worth_saying(self) -> bool:
+        """Left out, and a user should hear of it: MADV_DONTDUMP, I/O and writable shared
+        file mappings.  (The kernel's own pseudo-mappings, [vvar] and such, go unsaid, as do
+        file mappings of which only the first page is kept, as the kernel keeps them, and a
+        read-only shared file mapping, which holds what the file holds.)"""
+        if self.dump is not Dump.NOTHING or (self.mapping.path or "").startswith("["):
+            return False
+        if self.reason is Reason.SHARED_FILE:
+            return self.mapping.writable
+        return self.reason in (Reason.DONTDUMP, Reason.IO)
 
 
 def choose(mapping: Mapping, smaps: SmapsEntry | None, coredump_filter: int) -> Choice:
@@ -161,8 +168,10 @@ def choose(mapping: Mapping, smaps: SmapsEntry | None, coredump_filter: int) -> 
     path = mapping.path
     shared = "sh" in flags or mapping.perms[3:4] == "s"
     no_fork = bool(flags & {"dc", "wf"})
-    if path in _ALWAYS:
+    if path == "[vdso]":
         return Choice(mapping, Dump.WHOLE)
+    if path == "[vsyscall]":  # the kernel's "always" has nothing readable behind it any more
+        return Choice(mapping, Dump.NOTHING, Reason.EXECUTE_ONLY)
     if "dd" in flags:
         return Choice(mapping, Dump.NOTHING, Reason.DONTDUMP, shared)
     if "ht" in flags:
@@ -170,11 +179,11 @@ def choose(mapping: Mapping, smaps: SmapsEntry | None, coredump_filter: int) -> 
         if coredump_filter & bit:
             return Choice(mapping, Dump.WHOLE, shared=shared, no_fork=no_fork)
         return Choice(mapping, Dump.NOTHING, Reason.FILTERED, shared)
-    if "io" in flags or path == "[vvar]" or (path or "").startswith("[vvar"):
+    if "io" in flags or (path or "").startswith("[vvar"):
         return Choice(mapping, Dump.NOTHING, Reason.IO, shared)
     if shared:
         # No name left (anonymous shared memory, shm, memfd, a deleted file): bit 1.
-        if mapping.inode == 0 or _deleted(path):
+        if mapping.inode == 0 or (path is not None and split_deleted(path)[1]):
             if coredump_filter & ANON_SHARED:
                 return Choice(mapping, Dump.WHOLE, shared=True, no_fork=no_fork)
             return Choice(mapping, Dump.NOTHING, Reason.FILTERED, True)
@@ -199,16 +208,13 @@ def choose(mapping: Mapping, smaps: SmapsEntry | None, coredump_filter: int) -> 
     return Choice(mapping, Dump.NOTHING, Reason.FILTERED)
 
 
-def choose_all(
-    mappings: Iterable[Mapping], smaps: dict[int, SmapsEntry], coredump_filter: int
-) -> list[Choice]:
-    return [choose(mapping, smaps.get(mapping.start), coredump_filter) for mapping in mappings]
-
-
-def executable_file(path: str) -> bool:
-    """Whether a mapped file has an execute bit (the kernel then dumps its first page as is)."""
+def executable_file(mapping: Mapping) -> bool:
+    """Whether a mapping's file has an execute bit (the kernel then dumps its first page as
+    is, without looking for the ELF magic)."""
+    if mapping.path is None:
+        return False
     try:
-        return bool(os.stat(path).st_mode & 0o111)
+        return bool(os.stat(split_deleted(mapping.path)[0]).st_mode & 0o111)
     except OSError:
         return False
 

@@ -365,17 +365,31 @@ def _run_as_tracer(work: Callable[[], None]) -> None:
         raise failure[0]
 
 
-def _raise_priority() -> None:
+def raise_priority() -> int | None:
     """Give the calling thread (the tracer) the highest CFS priority, if allowed.
 
     On a busy machine the freeze lasts as long as the tracer waits for a CPU;
     at nice -20 it waits least (on 2 busy cores this halved the freeze of
     1,000 threads).  Linux's nice is per thread and the tracer thread ends
     with the capture, so nothing else of the host changes.  Without
-    CAP_SYS_NICE this does nothing.
+    CAP_SYS_NICE this does nothing.  Returns the nice value before, for
+    :func:`restore_priority` (None when it was not changed).
     """
+    me = _thread.get_native_id()
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, me)
+        os.setpriority(os.PRIO_PROCESS, me, -20)
+    except OSError:
+        return None
+    return before
+
+
+def restore_priority(before: int | None) -> None:
+    """Put back the nice value :func:`raise_priority` returned (a tracer that runs on)."""
+    if before is None:
+        return
     try:  # noqa: SIM105 (no contextlib on the path of `redhand stack`)
-        os.setpriority(os.PRIO_PROCESS, _thread.get_native_id(), -20)
+        os.setpriority(os.PRIO_PROCESS, _thread.get_native_id(), before)
     except OSError:
         pass
 
@@ -458,7 +472,7 @@ class _Capture:
         return not has_live_thread(self.pid)
 
     def run(self) -> None:
-        _raise_priority()
+        raise_priority()
         try:
             self._freeze_all()
             self._copy_registers()

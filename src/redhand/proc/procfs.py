@@ -169,6 +169,26 @@ def read_stat(pid: int, tid: int | None = None) -> ProcStat:
     return parse_stat(_read(f"{_task_dir(pid, tid)}/stat", pid if tid is None else tid))
 
 
+def read_stat_fields(pid: int, tid: int | None = None) -> list[str]:
+    """Every field of a stat line after the command name, from field 3 (state) on:
+    ``fields[0]`` is the state, ``fields[n - 3]`` stat(5)'s field n."""
+    data = _read(f"{_task_dir(pid, tid)}/stat", pid if tid is None else tid)
+    return data[data.rindex(b")") + 2 :].decode().split()
+
+
+def read_meminfo(key: str) -> int | None:
+    """A /proc/meminfo figure in bytes (``MemAvailable``), None if it cannot be read."""
+    try:
+        with open("/proc/meminfo", "rb") as file:
+            for line in file:
+                name, _, value = line.partition(b":")
+                if name == key.encode():
+                    return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def read_status(pid: int, tid: int | None = None) -> dict[str, str]:
     """/proc/PID/status as ``{"Name": "bash", "State": "S (sleeping)", ...}``."""
     text = os.fsdecode(_read(f"{_task_dir(pid, tid)}/status", pid if tid is None else tid))

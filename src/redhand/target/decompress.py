@@ -79,14 +79,10 @@ def _stream_errors() -> tuple[type[Exception], ...]:
 
 def _memory_budget() -> int:
     """How many bytes a memfd may hold: a quarter of the memory available now."""
-    try:
-        with open("/proc/meminfo", "rb") as meminfo:
-            for line in meminfo:
-                if line.startswith(b"MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 4
-    except (OSError, ValueError, IndexError):
-        pass
-    return 1 << 30
+    from redhand.proc.procfs import read_meminfo
+
+    available = read_meminfo("MemAvailable")
+    return available // 4 if available is not None else 1 << 30
 
 
 class Decompressed:
