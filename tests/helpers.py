@@ -88,6 +88,7 @@ PREREQUISITES = (
     Prerequisite("debuginfod", "apt-get install debuginfod", "debuginfod"),
     Prerequisite("lldb", "apt-get install lldb python3-lldb-14", "lldb"),
     Prerequisite("unshare", "apt-get install util-linux", "unshare"),
+    Prerequisite("setpriv", "apt-get install util-linux", "setpriv"),
     Prerequisite("ptrace", "(ptrace_problem says what to do)"),
 )
 

@@ -22,6 +22,7 @@ need readelf binutils
 need dwz dwz
 need lldb lldb
 need unshare util-linux
+need setpriv util-linux
 dpkg -s libc6-dbg >/dev/null 2>&1 || apt_packages+=(libc6-dbg)
 # lldb's Python half (without it Debian's lldb cannot run commands from -o)
 compgen -G "/usr/lib/llvm-*/lib/python3*/dist-packages/lldb/embedded_interpreter.py" >/dev/null \

@@ -3,7 +3,9 @@
 ``redhand.attach(pid)`` captures a live process and returns a :class:`Target`;
 its ``threads`` each have a ``backtrace()``, a sequence of :class:`Frame`.
 ``redhand.open_core(path)`` reads a core file into the same :class:`Target`;
-``redhand.gcore(pid, path)`` writes one of a running process.
+``redhand.gcore(pid, path)`` writes one of a running process;
+``redhand.watch(spec, pid=...)`` waits for an event (a failing system call)
+and yields what it caught.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from redhand.capture.gcore import GcoreResult, gcore
+    from redhand.capture.watch import Caught, Watch, watch
     from redhand.errors import (
         AlreadyTraced,
         ElfError,
@@ -60,6 +63,9 @@ _LAZY = {
     "Trust": _MODEL,
     "attach": "redhand.target.live",
     "gcore": "redhand.capture.gcore",
+    "watch": "redhand.capture.watch",
+    "Watch": "redhand.capture.watch",
+    "Caught": "redhand.capture.watch",
     "GcoreResult": "redhand.capture.gcore",
     "open_core": "redhand.target.core",
     "Module": "redhand.target.module",
@@ -84,6 +90,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyTraced",
     "Backtrace",
+    "Caught",
     "ElfError",
     "EndReason",
     "FileNotFound",
@@ -104,9 +111,11 @@ __all__ = [
     "Thread",
     "Trust",
     "UnsupportedElf",
+    "Watch",
     "ZombieProcess",
     "__version__",
     "attach",
     "gcore",
     "open_core",
+    "watch",
 ]

@@ -56,7 +56,10 @@ exit codes:
   11   a file was not found
   12   memory could not be read
   13   an output file could not be written (nothing was left behind)
-  130  interrupted
+  14   eBPF could not be used (not allowed, or refused by the kernel)
+  124  watch: --timeout passed before the event
+  130  interrupted (SIGINT; another signal: 128 + its number)
+  watch -- CMD exits with the program's status (128 + signal when killed)
 """
 
 
@@ -96,6 +99,40 @@ def _positive(text: str) -> int:
 def _mode(text: str) -> str:
     if text not in ("auto", "fork", "stop"):
         raise ValueError(f"not a snapshot mode: {text!r} (auto, fork or stop)")
+    return text
+
+
+def _duration(text: str) -> float:
+    """``30s``, ``5m``, ``1h``, ``500ms``, ``2.5`` (seconds)."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    stripped = text.strip().lower()
+    number, unit = stripped, "s"
+    for suffix in ("ms", "s", "m", "h", "d"):
+        if stripped.endswith(suffix):
+            number, unit = stripped[: -len(suffix)], suffix
+            break
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (for example 30s, 5m, 500ms)") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"a duration must be positive: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise ValueError(f"must not be negative: {text!r}")
+    return value
+
+
+def _backend(text: str) -> str:
+    if text not in ("auto", "ebpf", "seccomp", "ptrace"):
+        raise ValueError(f"not a backend: {text!r} (auto, ebpf, seccomp or ptrace)")
     return text
 
 
@@ -314,7 +351,111 @@ def _commands() -> dict[str, Command]:
             ],
             run_gcore,
         ),
+        "watch": Command(
+            "wait for a system call's result or a signal, stop the program there and act",
+            "Wait for EVENT in a running process (-p), in every process of a name (--comm), or "
+            "in a program launched under watch (-- CMD ...). When it happens the program is "
+            "stopped on the spot (the thread runs nothing after the call), the actions run "
+            "(default: print every thread's stack), and the program runs on.\n\n"
+            "events: 'close fails EBADF', 'write fails EPIPE if arg0 == 1', "
+            "'mmap returns < 0', 'openat', 'any fails ENOSPC', 'signal SIGUSR1'\n"
+            "actions: stack, gcore [PATH], exec COMMAND ({pid}, {tid}), abort, stop, kill",
+            ("spec", "EVENT", str),
+            [
+                Option(
+                    ("-p", "--pid"),
+                    "pid",
+                    VALUE,
+                    "watch this running process (every thread)",
+                    parse=_pid,
+                    metavar="PID",
+                ),
+                Option(
+                    ("--comm",),
+                    "comm",
+                    VALUE,
+                    "watch every process of this name, also those started later (eBPF)",
+                    metavar="NAME",
+                ),
+                Option(
+                    ("--then",),
+                    "then",
+                    APPEND,
+                    "what to do at a hit, in order: stack (default), gcore [PATH], "
+                    "exec 'COMMAND {pid} {tid}', abort, stop, kill; comma-separated or repeated",
+                    default=(),
+                    metavar="ACTIONS",
+                ),
+                Option(
+                    ("--count",),
+                    "count",
+                    VALUE,
+                    "act on the first N hits, then stop watching (default 1)",
+                    parse=_positive,
+                    default=1,
+                    metavar="N",
+                ),
+                Option(
+                    ("--skip",),
+                    "skip",
+                    VALUE,
+                    "let the first N hits pass (default 0)",
+                    parse=_count,
+                    default=0,
+                    metavar="N",
+                ),
+                Option(
+                    ("--timeout",),
+                    "timeout",
+                    VALUE,
+                    "give up after this long (30s, 5m; exit code 124)",
+                    parse=_duration,
+                    metavar="DURATION",
+                ),
+                Option(
+                    ("--backend",),
+                    "backend",
+                    VALUE,
+                    "auto (default), ebpf, seccomp (a launched program) or ptrace",
+                    parse=_backend,
+                    default="auto",
+                    metavar="NAME",
+                ),
+                Option(
+                    ("--no-follow",),
+                    "no_follow",
+                    FLAG,
+                    "a launched program only: do not follow its children",
+                ),
+                Option(("--json",), "json", FLAG, "print one JSON document per hit (JSON Lines)"),
+                Option(
+                    ("--no-group",),
+                    "no_group",
+                    FLAG,
+                    "show every thread, even with identical stacks",
+                ),
+                Option(
+                    ("--max-frames",),
+                    "max_frames",
+                    VALUE,
+                    "show at most N frames per thread (default 10)",
+                    parse=_positive,
+                    metavar="N",
+                ),
+                Option(
+                    ("--source",),
+                    "source",
+                    SWITCH,
+                    "file:line of each frame, from DWARF (default: off)",
+                ),
+            ],
+            run_watch,
+        ),
     }
+
+
+# Commands that take a program to run after ``--``.
+_TRAILING = frozenset({"watch"})
 
 
 # -- the fast parser ---------------------------------------------------------
@@ -478,11 +619,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_arguments(argv: Sequence[str]) -> Arguments:
-    """Parse a command line (without the program name); UsageError when it is wrong."""
+    """Parse a command line (without the program name); UsageError when it is wrong.
+
+    For the commands that launch a program, what follows ``--`` is its
+    command line (``command_argv``; None without ``--``).
+    """
+    argv = list(argv)
+    trailing: list[str] | None = None
+    if argv and argv[0] in _TRAILING and "--" in argv:
+        split = argv.index("--")
+        argv, trailing = argv[:split], argv[split + 1 :]
     fast = fast_parse(argv)
-    if fast is not None:
-        return fast
-    return Arguments(**vars(build_parser().parse_args(argv)))
+    args = fast if fast is not None else Arguments(**vars(build_parser().parse_args(argv)))
+    if args.command in _TRAILING:
+        args.__dict__["command_argv"] = trailing
+    return args
 
 
 def _terminal_columns() -> int:
@@ -604,6 +755,72 @@ def run_gcore(args: Arguments) -> int:
         render_gcore_json(result, sys.stdout)
     else:
         render_gcore_text(result, sys.stdout)
+    return 0
+
+
+def run_watch(args: Arguments) -> int:
+    from redhand.capture.watch import Watch, WatchTimedOut, parse_actions
+    from redhand.report.watch import render_caught_json, render_caught_text, render_header
+
+    targets = [x is not None for x in (args.pid, args.comm, args.command_argv)]
+    if sum(targets) != 1:
+        raise UsageError(
+            "redhand watch: say what to watch: -p PID, --comm NAME, or -- CMD ... (one of them)"
+        )
+    if args.command_argv == []:
+        raise UsageError("redhand watch: a program to launch is expected after --")
+    try:
+        actions = parse_actions(args.then or ["stack"])
+        watched = Watch(
+            args.spec,
+            pid=args.pid,
+            comm=args.comm,
+            argv=args.command_argv,
+            then=actions,
+            count=args.count,
+            skip=args.skip,
+            timeout=args.timeout,
+            backend=args.backend,
+            follow=not args.no_follow,
+            source=args.source,
+        )
+    except ValueError as error:
+        if isinstance(error, RedhandError):
+            raise
+        raise UsageError(f"redhand watch: {error}") from None
+    watched.on_start = lambda started: render_header(started, sys.stderr)
+    group = not args.no_group
+    for caught in watched:
+        if args.json:
+            render_caught_json(caught, sys.stdout, max_frames=args.max_frames, group=group)
+        else:
+            render_caught_text(caught, sys.stdout, max_frames=args.max_frames, group=group)
+    if watched.timed_out:
+        hits = f"{watched.caught} of {watched.count} hits" if watched.caught else "no hit"
+        ended = f": {watched.argv[0]} was killed" if watched.argv is not None else ""
+        raise WatchTimedOut(f"{hits} of '{watched.event}' in {args.timeout:g} s{ended}")
+    if watched.argv is not None:
+        if watched.exec_error:
+            print(f"redhand: cannot run {watched.argv[0]}: {watched.exec_error}", file=sys.stderr)
+            return 126
+        status = watched.exit_status
+        code = os.waitstatus_to_exitcode(status) if status is not None else 0
+        if watched.caught < watched.count:
+            print(
+                f"redhand: {watched.argv[0]} ended after {watched.caught} of "
+                f"{watched.count} hit(s) of '{watched.event}'",
+                file=sys.stderr,
+            )
+        return 128 - code if code < 0 else code
+    if watched.ended and watched.caught < watched.count:
+        from redhand.errors import ProcessExited
+
+        pid = watched.pid or 0
+        raise ProcessExited(
+            pid,
+            f"process {pid} exited after {watched.caught} of {watched.count} hit(s) "
+            f"of '{watched.event}'",
+        )
     return 0
 
 

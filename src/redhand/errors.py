@@ -23,7 +23,9 @@ Exit codes (documented in README.md):
 12    memory could not be read
 13    an output file could not be written (it exists, is a symbolic link, no
       permission, no space left); nothing was left behind
-130   interrupted (SIGINT)
+14    eBPF could not be used (not allowed, or a program refused by the kernel)
+124   ``watch --timeout`` passed before the event
+130   interrupted (SIGINT; another signal: 128 + its number)
 ====  =====================================================================
 """
 
@@ -149,4 +151,13 @@ class MemoryReadError(RedhandError):
 
 
 class Interrupted(RedhandError):
+    """A signal ended the work: SIGINT (130), or another (128 + its number)."""
+
     exit_code = 130
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, exit_code: int | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        if exit_code is not None:
+            self.exit_code = exit_code

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 from redhand.errors import PermissionDenied, ProcessNotFound
 from redhand.proc._record import Record
@@ -238,6 +239,35 @@ def read_cmdline(pid: int, tid: int | None = None) -> list[str]:
     if data.endswith(b"\0"):
         data = data[:-1]
     return [os.fsdecode(arg) for arg in data.split(b"\0")]
+
+
+def thread_states(pid: int) -> dict[int, str]:
+    """The state letter (R, S, D, T, t, Z, ...) of every thread of ``pid``; {} when it is gone."""
+    states: dict[int, str] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return states
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        states[int(tid)] = chr(data[data.rindex(b")") + 2])
+    return states
+
+
+def wait_all_stopped(pid: int, timeout: float) -> bool:
+    """Wait until every thread of ``pid`` is stopped (T, t) or dead; False at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = thread_states(pid)
+        if all(state in "TtZX" for state in states.values()):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.0001)
 
 
 def has_process(pid: int) -> bool:

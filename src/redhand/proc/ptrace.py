@@ -48,6 +48,7 @@ PTRACE_SYSCALL = 24
 PTRACE_SETOPTIONS = 0x4200
 PTRACE_GETEVENTMSG = 0x4201
 PTRACE_GETSIGINFO = 0x4202
+PTRACE_SETSIGINFO = 0x4203
 PTRACE_GETREGSET = 0x4204
 PTRACE_SETREGSET = 0x4205
 PTRACE_SEIZE = 0x4206
@@ -312,6 +313,30 @@ def get_siginfo(tid: int) -> SignalInfo:
         raw_ptrace(PTRACE_GETSIGINFO, tid, None, ctypes.addressof(buf)), tid, "PTRACE_GETSIGINFO"
     )
     return SignalInfo.from_bytes(buf.raw)
+
+
+def set_siginfo(tid: int, raw: bytes) -> None:
+    """PTRACE_SETSIGINFO: the siginfo_t the signal of the current stop is delivered with."""
+    buf = ctypes.create_string_buffer(raw[:_SIGINFO_SIZE].ljust(_SIGINFO_SIZE, b"\0"))
+    _check(
+        raw_ptrace(PTRACE_SETSIGINFO, tid, None, ctypes.addressof(buf)), tid, "PTRACE_SETSIGINFO"
+    )
+
+
+_SYS_TGKILL = 234
+
+
+def tgkill(pid: int, tid: int, signo: int) -> None:
+    """Send ``signo`` to thread ``tid`` of process ``pid``; nothing if the thread is gone."""
+    if _libc.syscall(_SYS_TGKILL, pid, tid, signo) == -1:
+        err = get_errno()
+        if err != _errno.ESRCH:
+            raise errno_error(err, tid, "tgkill")
+
+
+def listen(tid: int) -> None:
+    """PTRACE_LISTEN: leave a tracee in its group-stop, yet report the SIGCONT that ends it."""
+    _check(raw_ptrace(PTRACE_LISTEN, tid, None, None), tid, "PTRACE_LISTEN")
 
 
 class SyscallInfo(Record):

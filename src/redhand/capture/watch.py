@@ -1,0 +1,650 @@
+"""``redhand watch``: wait for an event, stop the program on the spot, act, let it run on.
+
+``watch(spec, pid=...)`` returns a :class:`Watch`; iterating it starts the
+watch and yields a :class:`Caught` for each hit acted on (``count`` of
+them), each after the process runs again.  The backend is chosen from what
+is watched and how the program is reached:
+
+==================  =====================================================
+``-p PID``          eBPF (the test runs in the kernel); ptrace at every
+                    system call when eBPF is not allowed (slow: said so)
+``--comm NAME``     eBPF only
+``-- CMD ...``      a seccomp filter and ptrace (watched calls only)
+``signal SIG``      ptrace, stopping at signals only (free until one comes)
+==================  =====================================================
+
+For every hit the process is brought to a group-stop, then the actions run
+in order (``stack`` copies what the backtraces need, ``gcore`` writes a
+core, ``exec`` runs a command; ``abort``, ``kill`` and ``stop`` end it),
+then it runs on.  The slow work (unwinding, symbols) is done after.
+
+The caller's thread must keep iterating: with a ptrace backend it is the
+tracer.  In the main thread, SIGINT, SIGTERM and SIGHUP end the watch
+cleanly (for a launched program, the first is passed on to it); elsewhere
+the caller must close the watch.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from redhand.capture.events import SignalEvent, parse_event
+from redhand.capture.guard import Guard
+from redhand.capture.hits import Hit
+from redhand.errors import Interrupted, ProcessError, RedhandError
+from redhand.proc import procfs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from redhand.capture.bpfwatch import BpfBackend
+    from redhand.capture.gcore import GcoreResult
+    from redhand.capture.tracer import Held, PtraceBackend
+    from redhand.target.target import Target
+
+__all__ = [
+    "Action",
+    "ActionKind",
+    "ActionResult",
+    "Caught",
+    "Watch",
+    "WatchTimedOut",
+    "parse_actions",
+    "watch",
+]
+
+log = logging.getLogger(__name__)
+
+EXIT_TIMED_OUT = 124  # as coreutils' timeout
+_TICK = 0.2  # seconds between checks of a deadline or a signal while blocked in waitpid
+_EXEC_TIMEOUT = 300.0
+
+
+class WatchTimedOut(RedhandError):
+    """``--timeout`` passed before the event happened (as often as asked)."""
+
+    exit_code = EXIT_TIMED_OUT
+
+
+class ActionKind(enum.Enum):
+    STACK = "stack"
+    GCORE = "gcore"
+    EXEC = "exec"
+    ABORT = "abort"
+    STOP = "stop"
+    KILL = "kill"
+
+
+_FINAL = (ActionKind.ABORT, ActionKind.STOP, ActionKind.KILL)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One thing to do at a hit; ``argument`` is gcore's path or exec's command."""
+
+    kind: ActionKind
+    argument: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind.value + (f" {self.argument}" if self.argument else "")
+
+
+def parse_actions(values: Sequence[str]) -> list[Action]:
+    """``--then`` values: comma-separated names; ``gcore PATH``; ``exec COMMAND`` takes the rest.
+
+    ValueError (a usage error) for an unknown action, or a final action
+    (abort, stop, kill) that is not the last one.
+    """
+    actions: list[Action] = []
+    for value in values:
+        rest = value.strip()
+        while rest:
+            part, _comma, after = rest.partition(",")
+            words = part.split(None, 1)
+            if words and words[0] == "exec":
+                # The command is the rest of the value, commas and all.
+                command = rest.strip()[4:].strip()
+                if not command:
+                    raise ValueError(
+                        "exec needs a command: --then 'exec gdb -p {pid} -batch -ex bt'"
+                    )
+                actions.append(Action(ActionKind.EXEC, command))
+                break
+            if not words:
+                raise ValueError(f"empty action in {value!r}")
+            try:
+                kind = ActionKind(words[0])
+            except ValueError:
+                names = ", ".join(k.value for k in ActionKind)
+                raise ValueError(f"unknown action {words[0]!r} (one of {names})") from None
+            argument = words[1].strip() if len(words) > 1 else None
+            if argument is not None and kind is not ActionKind.GCORE:
+                raise ValueError(f"{kind.value} takes no argument, not {argument!r}")
+            actions.append(Action(kind, argument))
+            rest = after.strip()
+            if _comma and not rest:
+                raise ValueError(f"empty action in {value!r}")
+    if not actions:
+        actions.append(Action(ActionKind.STACK))
+    finals = [index for index, action in enumerate(actions) if action.kind in _FINAL]
+    if len(finals) > 1 or (finals and finals[0] != len(actions) - 1):
+        raise ValueError("abort, stop and kill end the program's run: only one, and last")
+    return actions
+
+
+@dataclass
+class ActionResult:
+    """What an action did: ``ok``, a line saying it, and what it produced."""
+
+    action: Action
+    ok: bool
+    summary: str
+    path: str | None = None
+    gcore: GcoreResult | None = None
+    exit_code: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        document: dict[str, object] = {
+            "action": self.action.kind.value,
+            "argument": self.action.argument,
+            "ok": self.ok,
+            "summary": self.summary,
+        }
+        if self.path is not None:
+            document["path"] = self.path
+        if self.exit_code is not None:
+            document["exit_code"] = self.exit_code
+        return document
+
+
+@dataclass
+class Caught:
+    """One hit acted on: the event, the other hits during the stop, the stacks, the actions.
+
+    ``stopped_ns``: from the hit to the whole process stopped (eBPF measures
+    it from the kernel's time of the call's return; ptrace from the stop of
+    the thread that hit).  ``paused_ns``: how long the process was held for
+    the actions.  ``target`` holds the stacks (None without the ``stack``
+    action); the process already runs again.
+    """
+
+    number: int
+    hit: Hit
+    also: list[Hit]
+    backend: str
+    stopped_ns: int
+    paused_ns: int
+    actions: list[ActionResult]
+    target: Target | None = None
+    resumed: bool = True
+    warnings: list[str] = field(default_factory=list)
+
+
+class Watch:
+    """A watch, started by iterating it; see :func:`watch`."""
+
+    def __init__(
+        self,
+        spec: str,
+        *,
+        pid: int | None = None,
+        comm: str | None = None,
+        argv: Sequence[str] | None = None,
+        then: Sequence[str] | Sequence[Action] = ("stack",),
+        count: int = 1,
+        skip: int = 0,
+        timeout: float | None = None,
+        backend: str = "auto",
+        follow: bool = True,
+        stack_bytes: int = 1 << 20,
+        debug_dirs: Sequence[str] | None = None,
+        source: bool = False,
+        inline: bool = True,
+    ) -> None:
+        if sum(x is not None for x in (pid, comm, argv)) != 1:
+            raise ValueError("watch needs exactly one of pid, comm and argv")
+        if argv is not None and not argv:
+            raise ValueError("argv is empty: name the program to launch")
+        if count < 1 or skip < 0:
+            raise ValueError("count must be at least 1 and skip not negative")
+        self.event = parse_event(spec)
+        self.actions: list[Action] = [a for a in then if isinstance(a, Action)]
+        if len(self.actions) != len(then):
+            self.actions = parse_actions([str(a) for a in then])
+        self.pid = pid
+        self.comm = comm
+        self.argv = list(argv) if argv is not None else None
+        self.count = count
+        self.skip = skip
+        self.timeout = timeout
+        self.follow = follow
+        self.stack_bytes = stack_bytes
+        self.debug_dirs = debug_dirs
+        self.source = source
+        self.inline = inline
+        self.caught = 0
+        self.timed_out = False
+        self.ended = False  # every watched process exited
+        self.notes: list[str] = []
+        self.backend_name = ""
+        self.backend_description = ""
+        self._requested_backend = backend
+        self._backend: BpfBackend | PtraceBackend | None = None
+        self._guard: Guard | None = None
+        self._signalled: int | None = None
+        self._forwarded = False
+        self._previous_handlers: dict[int, object] = {}
+        self.on_start: Callable[[Watch], None] | None = None  # called once the watch is set
+        self._check_choices()
+
+    # -- choosing -------------------------------------------------------------------
+
+    def _check_choices(self) -> None:
+        requested = self._requested_backend
+        if requested not in ("auto", "ebpf", "seccomp", "ptrace"):
+            raise ValueError(f"unknown backend {requested!r} (auto, ebpf, seccomp or ptrace)")
+        if self.argv is not None and any(a.kind is ActionKind.STOP for a in self.actions):
+            raise ValueError(
+                "--then stop cannot be used with a launched program: its seccomp filter makes "
+                "the watched calls fail with ENOSYS once nobody traces it; watch it with -p, "
+                "or use --then exec or gcore"
+            )
+        if isinstance(self.event, SignalEvent):
+            if self.comm is not None:
+                raise ValueError("a signal event needs -p PID or a command, not --comm")
+            if requested in ("ebpf", "seccomp"):
+                raise ValueError("a signal event is watched with ptrace (--backend ptrace)")
+        elif self.comm is not None and requested not in ("auto", "ebpf"):
+            raise ValueError("--comm is watched with eBPF only")
+        elif self.argv is not None and requested == "ebpf":
+            raise ValueError("a launched program is watched with seccomp or ptrace, not eBPF")
+        elif self.pid is not None and requested == "seccomp":
+            raise ValueError(
+                "seccomp can watch only a program redhand launches (a filter cannot be removed "
+                "from a running process): use eBPF or ptrace with -p"
+            )
+
+    def _make_backend(self, guard: Guard) -> BpfBackend | PtraceBackend:
+        from redhand.capture.tracer import Mode, PtraceBackend
+
+        event = self.event
+        requested = self._requested_backend
+        if isinstance(event, SignalEvent):
+            return PtraceBackend(
+                event,
+                Mode.SIGNALS,
+                guard,
+                skip=self.skip,
+                argv=self.argv,
+                pid=self.pid,
+                follow=self.follow,
+            )
+        if self.argv is not None:
+            mode = Mode.SYSCALL if requested == "ptrace" else Mode.SECCOMP
+            return PtraceBackend(
+                event, mode, guard, skip=self.skip, argv=self.argv, follow=self.follow
+            )
+        if requested in ("auto", "ebpf"):
+            from redhand.capture.bpf import BpfError
+            from redhand.capture.bpfwatch import BpfBackend
+
+            backend = BpfBackend(event, guard, pid=self.pid, comm=self.comm, skip=self.skip)
+            try:
+                backend.start()
+            except BpfError as error:
+                backend.close()
+                if requested == "ebpf" or self.comm is not None:
+                    raise
+                self.notes.append(f"eBPF cannot be used ({error.message}): using ptrace")
+                log.info("eBPF unavailable: %s", error)
+            else:
+                self.notes.extend(backend.notes)
+                return backend
+        return PtraceBackend(event, Mode.SYSCALL, guard, skip=self.skip, pid=self.pid)
+
+    # -- running --------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Caught]:
+        self._install_handlers()
+        try:
+            self._start()
+            if self.on_start is not None:
+                self.on_start(self)
+            yield from self._loop()
+        finally:
+            self.close()
+            self._restore_handlers()
+
+    def _start(self) -> None:
+        from redhand.capture.tracer import PtraceBackend
+
+        if self.pid is not None:
+            from redhand.proc.checks import check_process
+
+            check_process(self.pid)
+        self._guard = Guard()
+        backend = self._make_backend(self._guard)
+        self._backend = backend
+        if isinstance(backend, PtraceBackend):
+            backend.start()
+        self.backend_name = backend.name
+        self.backend_description = backend.description
+
+    def _loop(self) -> Iterator[Caught]:
+        from redhand.capture.tracer import PtraceBackend
+
+        backend = self._backend
+        assert backend is not None
+        deadline = time.monotonic() + self.timeout if self.timeout is not None else None
+        while self.caught < self.count:
+            hits = self._wait(backend, deadline)
+            if hits is None:
+                self.ended = True
+                break
+            if not hits:
+                if self._signalled is not None:
+                    if self._pass_on_signal(backend):
+                        continue
+                    raise self._interrupted()
+                self.timed_out = True
+                break
+            self.caught += 1
+            caught = self._act(backend, hits)
+            yield caught
+            if self._signalled is not None and not self._pass_on_signal(backend):
+                raise self._interrupted()
+            if not caught.resumed:
+                break
+        launched = isinstance(backend, PtraceBackend) and self.argv is not None
+        if launched and not self.ended and not self.timed_out:
+            # A launched program cannot run on untraced: trace on quietly until it ends.
+            # (At the timeout it is killed, as coreutils' timeout does.)
+            assert isinstance(backend, PtraceBackend)
+            self._run_on(backend)
+
+    def _wait(
+        self, backend: BpfBackend | PtraceBackend, deadline: float | None
+    ) -> list[Hit] | None:
+        from redhand.capture.tracer import PtraceBackend
+
+        ticking = isinstance(backend, PtraceBackend) and self._can_handle_signals()
+        if ticking:
+            signal.setitimer(signal.ITIMER_REAL, _TICK, _TICK)
+        try:
+            return backend.wait(deadline, self._should_stop)
+        finally:
+            if ticking:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _run_on(self, backend: PtraceBackend) -> None:
+        ticking = self._can_handle_signals()
+        if ticking:
+            signal.setitimer(signal.ITIMER_REAL, _TICK, _TICK)
+        try:
+            while backend.processes:
+                backend.run_on(self._should_stop)
+                if self._signalled is not None and not self._pass_on_signal(backend):
+                    break
+        finally:
+            if ticking:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        self.ended = not backend.processes
+
+    def _pass_on_signal(self, backend: BpfBackend | PtraceBackend) -> bool:
+        """A launched program gets the first SIGINT/SIGTERM/SIGHUP; True to wait on."""
+        from redhand.capture.tracer import PtraceBackend
+
+        signo = self._signalled
+        self._signalled = None
+        if signo is None:
+            return True
+        if isinstance(backend, PtraceBackend) and self.argv is not None and not self._forwarded:
+            self._forwarded = True
+            backend.forward(signo)
+            return True
+        self._signalled = signo
+        return False
+
+    def _interrupted(self) -> Interrupted:
+        signo = self._signalled or signal.SIGINT
+        return Interrupted(
+            f"stopped by {signal.Signals(signo).name}; every process watched runs on",
+            exit_code=128 + signo,
+        )
+
+    def _should_stop(self) -> bool:
+        return self._signalled is not None
+
+    # -- acting -------------------------------------------------------------------------
+
+    def _act(self, backend: BpfBackend | PtraceBackend, hits: list[Hit]) -> Caught:
+        from redhand.capture.tracer import PtraceBackend
+
+        held = backend.hold(hits, self._should_stop)
+        paused_from = time.perf_counter_ns()
+        results: list[ActionResult] = []
+        snapshot = None
+        resume = True
+        final = False
+        try:
+            for action in self.actions:
+                try:
+                    if action.kind is ActionKind.STACK:
+                        snapshot, result = self._stack(held, action)
+                    else:
+                        result = self._do(backend, held, action)
+                except RedhandError as error:
+                    result = ActionResult(action, False, f"{action.kind.value} failed: {error}")
+                results.append(result)
+                if action.kind in (ActionKind.STOP, ActionKind.KILL):
+                    resume = False
+                final = final or action.kind in _FINAL
+        finally:
+            backend.release(held, resume=resume)
+        paused_ns = time.perf_counter_ns() - paused_from
+        if final and not isinstance(backend, PtraceBackend):
+            backend.detach()
+        caught = Caught(
+            number=self.caught,
+            hit=held.hit,
+            also=held.also,
+            backend=backend.name,
+            stopped_ns=held.stopped_ns,
+            paused_ns=paused_ns,
+            actions=results,
+            resumed=resume and not final,
+        )
+        if snapshot is not None:
+            caught.target = self._target(snapshot, held)
+        return caught
+
+    def _stack(self, held: Held, action: Action) -> tuple[object, ActionResult]:
+        from redhand.proc.freeze import freeze
+
+        snapshot = freeze(held.pid, stack_bytes=self.stack_bytes)
+        return snapshot, ActionResult(
+            action,
+            True,
+            f"stacks of {len(snapshot.threads)} thread(s) copied "
+            f"in {snapshot.frozen_ns / 1e6:.2f} ms",
+        )
+
+    def _target(self, snapshot: object, held: Held) -> Target:
+        from redhand.proc.freeze import Snapshot
+        from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
+        from redhand.target.live import target_from_snapshot
+
+        assert isinstance(snapshot, Snapshot)
+        dirs = tuple(dict.fromkeys((*(self.debug_dirs or ()), *DEFAULT_DEBUG_DIRS)))
+        target = target_from_snapshot(snapshot, debug_dirs=dirs)
+        target.source_lines = self.source
+        target.inline = self.inline
+        first = held.hit.tid
+        others = {hit.tid for hit in held.also}
+        target.threads.sort(key=lambda t: (t.tid != first, t.tid not in others))
+        return target
+
+    def _do(self, backend: BpfBackend | PtraceBackend, held: Held, action: Action) -> ActionResult:
+        pid, tid = held.pid, held.hit.tid
+        if action.kind is ActionKind.GCORE:
+            from redhand.capture.gcore import gcore
+
+            path = self._core_path(action.argument, pid, tid)
+            result = gcore(pid, path, compression="zstd" if path.endswith(".zst") else None)
+            return ActionResult(
+                action, True, f"core written to {result.path}", path=result.path, gcore=result
+            )
+        if action.kind is ActionKind.EXEC:
+            assert action.argument is not None
+            return _run_command(action, action.argument, pid, tid, self._should_stop)
+        if action.kind is ActionKind.ABORT:
+            backend.abort(held)
+            return ActionResult(
+                action, True, f"SIGABRT sent to thread {tid}: the kernel writes its core"
+            )
+        if action.kind is ActionKind.KILL:
+            os.kill(pid, signal.SIGKILL)
+            return ActionResult(action, True, f"process {pid} killed (SIGKILL)")
+        return ActionResult(
+            action,
+            True,
+            f"process {pid} left stopped and untraced: attach with 'gdb -p {pid}', "
+            f"resume with 'kill -CONT {pid}'",
+        )
+
+    def _core_path(self, argument: str | None, pid: int, tid: int) -> str:
+        if argument is None:
+            return f"core.{pid}" if self.count == 1 else f"core.{pid}.{self.caught}"
+        try:
+            return argument.format(pid=pid, tid=tid, n=self.caught)
+        except (KeyError, IndexError, ValueError):
+            return argument
+
+    # -- signals -------------------------------------------------------------------
+
+    def _can_handle_signals(self) -> bool:
+        return threading.current_thread() is threading.main_thread()
+
+    def _install_handlers(self) -> None:
+        if not self._can_handle_signals():
+            return
+
+        def note(signo: int, _frame: object) -> None:
+            self._signalled = signo
+
+        for signo in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            self._previous_handlers[signo] = signal.signal(signo, note)
+        self._previous_handlers[signal.SIGALRM] = signal.signal(
+            signal.SIGALRM, lambda _signo, _frame: None
+        )
+
+    def _restore_handlers(self) -> None:
+        for signo, handler in self._previous_handlers.items():
+            signal.signal(signo, handler)  # type: ignore[arg-type]
+        self._previous_handlers.clear()
+
+    # -- ending -------------------------------------------------------------------
+
+    @property
+    def exit_status(self) -> int | None:
+        """A launched program's wait status (os.waitstatus_to_exitcode reads it)."""
+        backend = self._backend or self._closed_backend
+        return backend.exit_status if backend is not None else None
+
+    @property
+    def exec_error(self) -> str | None:
+        """Why a launched program could not be started, when it could not."""
+        from redhand.capture.tracer import PtraceBackend
+
+        backend = self._backend or self._closed_backend
+        if isinstance(backend, PtraceBackend) and backend.exec_error:
+            _errno, _space, reason = backend.exec_error.decode(errors="replace").partition(" ")
+            return reason
+        return None
+
+    def close(self) -> None:
+        """Detach everything, resume anything held; idempotent."""
+        backend, self._backend = self._backend, None
+        try:
+            if backend is not None:
+                backend.close()
+                self._closed_backend = backend
+        finally:
+            if self._guard is not None:
+                self._guard.close()
+                self._guard = None
+
+    _closed_backend: BpfBackend | PtraceBackend | None = None
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self._restore_handlers()
+
+
+def watch(spec: str, **options: object) -> Watch:
+    """Watch for the event ``spec`` (``'close fails EBADF'``); iterate for the hits.
+
+    One of ``pid``, ``comm`` or ``argv`` says what to watch; ``then`` the
+    actions (default ``("stack",)``); ``count`` how many hits to act on
+    (then the watch ends), ``skip`` how many to let pass first, ``timeout``
+    seconds to wait in all.  See :class:`Watch` for the rest.
+    """
+    return Watch(spec, **options)  # type: ignore[arg-type]
+
+
+def _run_command(
+    action: Action, command: str, pid: int, tid: int, should_stop: Callable[[], bool]
+) -> ActionResult:
+    """Run ``command`` ({pid}, {tid} replaced) while the process is stopped; a signal to
+    redhand ends it (SIGTERM, then SIGKILL) so that the process is resumed at once."""
+    text = command.replace("{pid}", str(pid)).replace("{tid}", str(tid))
+    try:
+        argv = shlex.split(text)
+    except ValueError as error:
+        return ActionResult(action, False, f"exec: cannot parse {text!r}: {error}")
+    try:
+        child = subprocess.Popen(argv)
+    except FileNotFoundError:
+        return ActionResult(action, False, f"exec: {argv[0]}: command not found")
+    except OSError as error:
+        return ActionResult(action, False, f"exec: {text}: {error.strerror}")
+    deadline = time.monotonic() + _EXEC_TIMEOUT
+    why = None
+    while True:
+        try:
+            code = child.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if should_stop():
+            why = "redhand was interrupted"
+        elif time.monotonic() > deadline:
+            why = f"it ran over {_EXEC_TIMEOUT:.0f} s"
+        if why is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            return ActionResult(action, False, f"exec: {text} ended early: {why}")
+    return ActionResult(action, code == 0, f"exec: {text} exited with {code}", exit_code=code)
+
+
+def thread_name(pid: int, tid: int) -> str:
+    try:
+        return procfs.thread_name(pid, tid)
+    except ProcessError:
+        return "?"
