@@ -38,6 +38,15 @@ import redhand
 ENOSYS_TEXT = "Function not implemented"
 
 
+def tracers(pid: int) -> list[int]:
+    found = []
+    for tid in states(pid):
+        for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+            if line.startswith("TracerPid:"):
+                found.append(int(line.split()[1]))
+    return found
+
+
 @pytest.fixture(scope="module")
 def badclose(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_badclose(tmp_path_factory.mktemp("watch-build"))
@@ -210,11 +219,14 @@ def test_launch_of_a_missing_program() -> None:
 # -- attach mode: eBPF ---------------------------------------------------------------------
 
 
-def test_ebpf_stops_a_running_process_at_the_failing_close(badclose: Path) -> None:
+def test_ebpf_stops_a_running_process_at_the_failing_close(badclose: Path, tmp_path: Path) -> None:
     before = {i for i, _name in our_programs()}
+    core = tmp_path / "ebpf.core"
     with (
         Program([badclose, "--threads", "4", "--bad", "1", "--wait"]) as program,
-        Watcher(["close fails EBADF", "-p", str(program.pid), "--json"]) as watcher,
+        Watcher(
+            ["close fails EBADF", "-p", str(program.pid), "--json", "--then", f"stack,gcore {core}"]
+        ) as watcher,
     ):
         header = watcher.header()
         assert "eBPF" in header
@@ -230,9 +242,32 @@ def test_ebpf_stops_a_running_process_at_the_failing_close(badclose: Path) -> No
     assert event["tid"] == tid and errno == 9  # type: ignore[index]
     assert event["arguments"] == [900] and event["errno_name"] == "EBADF"  # type: ignore[index]
     assert frames_of(document, tid)[:3] == ["close", "release_handle", "cleanup_twice"]
-    # Every thread was stopped when the stacks were copied.
+    # Every thread was stopped when the stacks were copied, and the thread that hit had
+    # run nothing after the call when the core was taken.
     assert {t["state"] for t in document["threads"]} <= {"T", "t"}  # type: ignore[attr-defined]
+    assert "$1 = 0" in gdb_print(badclose, core, "print after_bad")
     wait_no_programs(before)
+
+
+@pytest.mark.parametrize("final", ["stop", "kill"])
+def test_stop_and_kill_end_the_watch(badclose: Path, final: str) -> None:
+    with (
+        Program([badclose, "--threads", "2", "--bad", "1", "--wait"]) as program,
+        Watcher(["close fails EBADF", "-p", str(program.pid), "--then", final]) as watcher,
+    ):
+        watcher.header()
+        program.go()
+        assert watcher.finish() == 0, watcher.stderr
+        if final == "stop":
+            assert f"resume with 'kill -CONT {program.pid}'" in watcher.stdout
+            assert all_stopped(program.pid)  # and redhand is gone: nobody traces it
+            assert all(tracer == 0 for tracer in tracers(program.pid))
+            os.kill(program.pid, signal.SIGCONT)
+            status, output = program.finish()
+            assert status == 0 and "done 1" in output
+        else:
+            status, _output = program.finish()
+            assert status == -signal.SIGKILL
 
 
 def test_ebpf_argument_condition_and_skip(badclose: Path, tmp_path: Path) -> None:

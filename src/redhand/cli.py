@@ -759,7 +759,7 @@ def run_gcore(args: Arguments) -> int:
 
 
 def run_watch(args: Arguments) -> int:
-    from redhand.capture.watch import Watch, WatchTimedOut, parse_actions
+    from redhand.capture.watch import Caught, Watch, WatchTimedOut, parse_actions
     from redhand.report.watch import render_caught_json, render_caught_text, render_header
 
     targets = [x is not None for x in (args.pid, args.comm, args.command_argv)]
@@ -788,13 +788,27 @@ def run_watch(args: Arguments) -> int:
         if isinstance(error, RedhandError):
             raise
         raise UsageError(f"redhand watch: {error}") from None
+    import io
+
+    from redhand.report.style import Style
+
     watched.on_start = lambda started: render_header(started, sys.stderr)
     group = not args.no_group
-    for caught in watched:
+    style = Style.for_stream(sys.stdout)
+
+    def prepare(caught: Caught) -> None:
+        # Rendered while the program runs on (unwinding and symbols are the slow part).
+        out = io.StringIO()
         if args.json:
-            render_caught_json(caught, sys.stdout, max_frames=args.max_frames, group=group)
+            render_caught_json(caught, out, max_frames=args.max_frames, group=group)
         else:
-            render_caught_text(caught, sys.stdout, max_frames=args.max_frames, group=group)
+            render_caught_text(caught, out, max_frames=args.max_frames, group=group, style=style)
+        caught.rendered = out.getvalue()
+
+    watched.prepare = prepare
+    for caught in watched:
+        sys.stdout.write(caught.rendered or "")
+        sys.stdout.flush()
     if watched.timed_out:
         hits = f"{watched.caught} of {watched.count} hits" if watched.caught else "no hit"
         ended = f": {watched.argv[0]} was killed" if watched.argv is not None else ""

@@ -319,6 +319,7 @@ class Assembler:
 
 MAP_HASH = 1
 MAP_ARRAY = 2
+MAP_LRU_HASH = 9
 MAP_RINGBUF = 27
 
 

@@ -64,7 +64,7 @@ from redhand.capture.bpf import (
     BpfError,
     W,
 )
-from redhand.capture.events import MAX_ERRNO, Result, SyscallEvent
+from redhand.capture.events import MAX_ERRNO, RESTART_CODES, Result, SyscallEvent
 from redhand.capture.hits import Hit, SyscallCall
 from redhand.capture.tracer import Held
 from redhand.errors import ProcessExited
@@ -236,6 +236,10 @@ def exit_program(
     asm.mov_reg(R6, R1)
     _filter(asm, who, "out")
     asm.load(DW, R8, R6, 16)  # ret
+    # A call interrupted to be restarted (-ERESTARTSYS ...) is not a result: it comes again.
+    asm.jump_imm(JSLT, R8, -RESTART_CODES[1], "not_restarted")
+    asm.jump_imm(JSLE, R8, -RESTART_CODES[0], "out")
+    asm.label("not_restarted")
     if event.result is Result.FAILS and event.errnos:
         for value in event.errnos:
             asm.jump_imm(JEQ, R8, -value, "result_ok")
@@ -270,8 +274,9 @@ def exit_program(
     asm.label("no_arguments")
     if event.conditions:
         asm.goto("out")  # the entry was not seen (the watch began inside the call)
-    for index in range(6):
-        asm.store_imm(DW, R10, record + 24 + 8 * index, 0)
+    else:
+        for index in range(6):
+            asm.store_imm(DW, R10, record + 24 + 8 * index, 0)
     asm.label("arguments_done")
     # Count the match; the first ``skip`` only count.
     asm.store_imm(W, R10, -12, 0)
@@ -383,7 +388,8 @@ class BpfBackend:
         return fd
 
     def _load(self, pairs: list[tuple[str, str, str, int]], raw: bool) -> None:
-        args_fd = self._map(bpf.MAP_HASH, 8, 48, ARGS_ENTRIES, "rh_watch_args")
+        # LRU: the entries of threads that ended go by themselves when the map is full.
+        args_fd = self._map(bpf.MAP_LRU_HASH, 8, 48, ARGS_ENTRIES, "rh_watch_args")
         state_fd = self._map(bpf.MAP_ARRAY, 4, 8, 1, "rh_watch_state")
         ring_fd = self._map(bpf.MAP_RINGBUF, 0, 0, RING_SIZE, "rh_watch_ring")
         who = Who(tgid=self.pid)
@@ -510,17 +516,38 @@ class BpfBackend:
         self._queue = [hit for hit in self._queue if hit.pid != pid]
         return mine
 
-    def release(self, held: Held, *, resume: bool) -> None:
+    def release(self, held: Held, *, resume: bool) -> int:
+        """SIGCONT (unless ``resume`` is False); the time (perf_counter_ns) it was let go."""
         pid = held.pid
+        if held.let_go_ns is not None:
+            # It ran on during the actions: a hit since then is a hit of its own, and the
+            # process stays stopped for it.
+            return held.let_go_ns
         # Hits that came while the actions ran belong to this stop.
         if self._ring is not None:
             self._take(self._ring.read())
             held.also.extend(self._claim(pid))
+        let_go = time.perf_counter_ns()
         if resume:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         self._stopped_by_us.discard(pid)
         self.guard.release(pid)
+        return let_go
+
+    def let_go(self, held: Held) -> None:
+        """Let the process run before the actions end (gcore's copy of it exists).
+
+        Called from gcore's thread while this one waits for it: the ring is not read
+        meanwhile, so the hits of this stop are all in hand already.
+        """
+        self._take(self._ring.read() if self._ring is not None else [])
+        held.also.extend(self._claim(held.pid))
+        held.let_go_ns = time.perf_counter_ns()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(held.pid, signal.SIGCONT)
+        self._stopped_by_us.discard(held.pid)
+        self.guard.release(held.pid)
 
     def abort(self, held: Held) -> None:
         ptrace.tgkill(held.pid, held.hit.tid, signal.SIGABRT)

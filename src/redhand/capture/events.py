@@ -44,6 +44,7 @@ __all__ = [
 
 OPERATORS = ("==", "!=", "<", "<=", ">", ">=")
 MAX_ERRNO = 4095  # the kernel returns -1 ... -4095 for a failure
+RESTART_CODES = (512, 516)  # ERESTARTSYS ... ERESTART_RESTARTBLOCK: internal, never returned
 
 
 class EventSpecError(RedhandError, ValueError):
@@ -122,7 +123,13 @@ class SyscallEvent:
         return not self.calls
 
     def result_matches(self, value: int) -> bool:
-        """Whether a raw return value (-errno for a failure) is one this event waits for."""
+        """Whether a raw return value (-errno for a failure) is one this event waits for.
+
+        The kernel's own restart codes (-512 ... -516, ERESTARTSYS and friends) never
+        match: the program does not see them, the call is made again.
+        """
+        if RESTART_CODES[0] <= -value <= RESTART_CODES[1]:
+            return False
         if self.result is Result.EVERY:
             return True
         if self.result is Result.RETURNS:

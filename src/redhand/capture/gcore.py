@@ -197,6 +197,7 @@ def gcore(
     force: bool = False,
     first_thread: int | None = None,
     progress: Progress | None = None,
+    on_snapshot: Callable[[], None] | None = None,
 ) -> GcoreResult:
     """Write a core file of the running process ``pid`` to ``path``; it runs on.
 
@@ -204,6 +205,9 @@ def gcore(
     ``compression`` ``"zstd"`` streams a .zst core.  ``first_thread`` is the
     thread whose notes come first (readers show it first; default the main
     thread).  ``progress(done, total)`` is called as memory is copied.
+    ``on_snapshot()`` is called (from another thread) once a fork-mode
+    snapshot exists and the process runs again, before the dump: a caller
+    that holds the process stopped (redhand watch) may let it go then.
 
     Raises the errors of :func:`redhand.attach` for the process, OutputError
     (nothing is left behind) when the file cannot be written, ProcessExited
@@ -224,6 +228,7 @@ def gcore(
     chosen, reason = _choose_mode(pid, facts, mode)
     output = OutputFile(path or default_path(pid, compression), force=force)
     job = _Job(pid, facts, chosen, reason, output, compression, first_thread, progress)
+    job.on_snapshot = on_snapshot
     try:
         job.check_space()
         _run_cancellable(job)
@@ -475,6 +480,7 @@ class _Job:
         self.cancel = threading.Event()
         self.pause_ns = 0
         self.reap_pause_ns: int | None = None
+        self.on_snapshot: Callable[[], None] | None = None
         self.thread_count = 0
         self.segment_count = 0
         self.data_bytes = 0
@@ -562,6 +568,8 @@ class _Job:
             restore_priority(previous_nice)
         if child is None:
             return
+        if self.on_snapshot is not None:
+            self.on_snapshot()
         try:
             since = clock()
             self._prepare_copy(child)

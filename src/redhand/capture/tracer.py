@@ -68,6 +68,7 @@ _ARGUMENT_REGISTERS = tuple(
 )
 _SYSCALL_INFO_SIZE = 88
 _RVAL = struct.Struct("<q")
+_OP_AND_RVAL = struct.Struct("<B23xq")  # ptrace_syscall_info: op, then the exit's rval at 24
 _SETTLE_SECONDS = 2.0
 
 # seccomp (linux/seccomp.h, linux/audit.h, linux/filter.h)
@@ -144,6 +145,7 @@ class Held:
     stopped_ns: int  # from the hit's stop to the whole process stopped
     launched: bool
     stashed: dict[int, bytes] = field(default_factory=dict)  # tid -> siginfo to deliver again
+    let_go_ns: int | None = None  # when it was let go before the actions ended (perf_counter)
 
 
 @dataclass
@@ -214,8 +216,8 @@ class PtraceBackend:
             return "seccomp filter + ptrace (unwatched system calls run at full speed)"
         if self.mode is Mode.SYSCALL:
             return (
-                "ptrace at every system call (eBPF is not available): a program that makes "
-                "many system calls runs 100-250 times slower while watched"
+                "ptrace at every system call: a program that makes many system calls runs "
+                "100-250 times slower while watched"
             )
         return "ptrace, stopping at signals only"
 
@@ -346,6 +348,14 @@ class PtraceBackend:
         ptrace_call = ptrace.raw_ptrace
         seccomp_status = (signal.SIGTRAP | (ptrace.PTRACE_EVENT_SECCOMP << 8)) << 8 | 0x7F
         syscall_request = ptrace.PTRACE_SYSCALL
+        # The other hot stop: a watched call's return whose result is not one asked for.
+        exit_status = _SYSCALL_TRAP << 8 | 0x7F
+        event = self.event
+        quick = self.mode is Mode.SECCOMP and isinstance(event, SyscallEvent) and self.acting
+        result_matches = event.result_matches if isinstance(event, SyscallEvent) else None
+        info, info_address, unpack_exit = self._info, self._info_address, _OP_AND_RVAL.unpack_from
+        info_request, cont_request = ptrace.PTRACE_GET_SYSCALL_INFO, ptrace.PTRACE_CONT
+        exit_op = ptrace.PTRACE_SYSCALL_INFO_EXIT
         while True:
             if self.pending:
                 tid, value = self.pending.popleft()
@@ -367,6 +377,15 @@ class PtraceBackend:
                 if value == seccomp_status:  # the hot path: on to the exit stop
                     ptrace_call(syscall_request, tid, None, None)
                     continue
+                if (
+                    quick
+                    and value == exit_status
+                    and ptrace_call(info_request, tid, _SYSCALL_INFO_SIZE, info_address) != -1
+                ):
+                    op, result = unpack_exit(info)
+                    if op == exit_op and not result_matches(result):  # type: ignore[misc]
+                        ptrace_call(cont_request, tid, None, None)
+                        continue
             hit = self._dispatch(tid, value)
             if hit is not None:
                 return [hit]
@@ -436,17 +455,18 @@ class PtraceBackend:
         if not self.acting or not event.result_matches(value):
             self._restart(tid)
             return None
-        hit = self._syscall_hit(tid, value)
-        if hit is None:
+        call = self._matching_call(tid, value)
+        if call is None:
             self._restart(tid)
             return None
         self.matches += 1
         if self.matches <= self.skip:
             self._restart(tid)
             return None
-        return hit
+        tgid = self.tgid_of[tid]
+        return Hit(tgid, tid, _thread_name(tgid, tid), time.time(), call)
 
-    def _syscall_hit(self, tid: int, value: int) -> Hit | None:
+    def _matching_call(self, tid: int, value: int) -> SyscallCall | None:
         """The call at a syscall-exit stop, if it matches the event (registers give the rest)."""
         assert isinstance(self.event, SyscallEvent)
         try:
@@ -457,8 +477,7 @@ class PtraceBackend:
         arguments = tuple(words[index] for index in _ARGUMENT_REGISTERS)
         if not self.event.matches(nr, arguments, value):
             return None
-        call = SyscallCall(nr, arguments, signed64(value))
-        return Hit(self.tgid_of[tid], tid, _thread_name(self.tgid_of[tid], tid), time.time(), call)
+        return SyscallCall(nr, arguments, signed64(value))
 
     def _signal_stop(self, tid: int, sig: int) -> Hit | None:
         tgid = self.tgid_of.get(tid, tid)
@@ -594,7 +613,6 @@ class PtraceBackend:
         if first.siginfo is not None:
             held.stashed[tid] = first.siginfo.raw
         self.expect_sigstop.add(tid)
-        os.kill(tid, 0)
         ptrace.tgkill(pid, tid, signal.SIGSTOP)
         self._ptrace(ptrace.PTRACE_CONT, tid, 0)
         stopped: set[int] = set()
@@ -645,31 +663,36 @@ class PtraceBackend:
         procfs.wait_all_stopped(pid, _SETTLE_SECONDS)
         return held
 
-    def release(self, held: Held, *, resume: bool) -> None:
-        """Trace the held process again and let it run (or forget it: ``resume=False``)."""
+    def release(self, held: Held, *, resume: bool) -> int:
+        """Trace the held process again and let it run (or forget it: ``resume=False``).
+
+        Returns the time (perf_counter_ns) the process was let go.
+        """
         pid = held.pid
         process = self.processes.get(pid)
         if process is None:
-            return
+            return time.perf_counter_ns()
         if not resume:
             self._drop(pid)
-            return
+            return time.perf_counter_ns()
         seized: set[int] = set()
         self._seize_threads(pid, seized, strict=False, wait=True)
         process.tids = seized
         if not seized:
             self._drop(pid)
-            return
+            return time.perf_counter_ns()
         for tid, raw in held.stashed.items():
             if tid in seized and raw:
                 signo = int.from_bytes(raw[:4], "little")
                 self.restore[tid] = raw
                 ptrace.tgkill(pid, tid, signo)
         self.expect_sigcont[pid] = self.expect_sigcont.get(pid, 0) + 1
+        let_go = time.perf_counter_ns()
         os.kill(pid, signal.SIGCONT)
         for tid in sorted(seized):
             self._restart(tid)
         self.guard.release(pid)
+        return let_go
 
     def abort(self, held: Held) -> None:
         """SIGABRT to the thread that hit, delivered as soon as the process runs again."""

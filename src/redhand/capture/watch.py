@@ -32,6 +32,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from redhand.capture.bpfwatch import BpfBackend
     from redhand.capture.gcore import GcoreResult
     from redhand.capture.tracer import Held, PtraceBackend
+    from redhand.proc.freeze import Snapshot
     from redhand.target.target import Target
 
 __all__ = [
@@ -67,6 +69,9 @@ log = logging.getLogger(__name__)
 EXIT_TIMED_OUT = 124  # as coreutils' timeout
 _TICK = 0.2  # seconds between checks of a deadline or a signal while blocked in waitpid
 _EXEC_TIMEOUT = 300.0
+_SERVE_TICK = 0.005  # how soon the tracer notices that the report is ready
+_SERVE_SWITCH = 0.0005  # the GIL's switch interval meanwhile: the tracer waits less for it
+_SERVED_SIGNALS = {signal.SIGALRM, signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 class WatchTimedOut(RedhandError):
@@ -187,6 +192,7 @@ class Caught:
     target: Target | None = None
     resumed: bool = True
     warnings: list[str] = field(default_factory=list)
+    rendered: str | None = None  # what a ``prepare`` hook made of it (the CLI: its output)
 
 
 class Watch:
@@ -244,6 +250,10 @@ class Watch:
         self._forwarded = False
         self._previous_handlers: dict[int, object] = {}
         self.on_start: Callable[[Watch], None] | None = None  # called once the watch is set
+        # Called with each Caught, after its stacks are unwound and before it is yielded, in
+        # a thread of its own while the program runs on (a renderer does its slow work here).
+        self.prepare: Callable[[Caught], None] | None = None
+        self._pending_hits: list[Hit] | None = None
         self._check_choices()
 
     # -- choosing -------------------------------------------------------------------
@@ -346,7 +356,7 @@ class Watch:
         assert backend is not None
         deadline = time.monotonic() + self.timeout if self.timeout is not None else None
         while self.caught < self.count:
-            hits = self._wait(backend, deadline)
+            hits, self._pending_hits = self._pending_hits or self._wait(backend, deadline), None
             if hits is None:
                 self.ended = True
                 break
@@ -358,7 +368,8 @@ class Watch:
                 self.timed_out = True
                 break
             self.caught += 1
-            caught = self._act(backend, hits)
+            caught, snapshot, held = self._act(backend, hits)
+            self._complete(backend, caught, snapshot, held)
             yield caught
             if self._signalled is not None and not self._pass_on_signal(backend):
                 raise self._interrupted()
@@ -400,7 +411,8 @@ class Watch:
         self.ended = not backend.processes
 
     def _pass_on_signal(self, backend: BpfBackend | PtraceBackend) -> bool:
-        """A launched program gets the first SIGINT/SIGTERM/SIGHUP; True to wait on."""
+        """A launched program gets the first SIGTERM/SIGHUP (a first SIGINT is left to the
+        terminal, which sends it to the program too); True to wait on."""
         from redhand.capture.tracer import PtraceBackend
 
         signo = self._signalled
@@ -409,7 +421,8 @@ class Watch:
             return True
         if isinstance(backend, PtraceBackend) and self.argv is not None and not self._forwarded:
             self._forwarded = True
-            backend.forward(signo)
+            if signo != signal.SIGINT:  # a Ctrl-C reaches the program from the terminal itself
+                backend.forward(signo)
             return True
         self._signalled = signo
         return False
@@ -426,33 +439,45 @@ class Watch:
 
     # -- acting -------------------------------------------------------------------------
 
-    def _act(self, backend: BpfBackend | PtraceBackend, hits: list[Hit]) -> Caught:
+    def _act(
+        self, backend: BpfBackend | PtraceBackend, hits: list[Hit]
+    ) -> tuple[Caught, Snapshot | None, Held]:
+        """Hold the process, run the actions, let it go; the stacks are unwound later."""
         from redhand.capture.tracer import PtraceBackend
 
         held = backend.hold(hits, self._should_stop)
         paused_from = time.perf_counter_ns()
         results: list[ActionResult] = []
-        snapshot = None
+        snapshot: Snapshot | None = None
         resume = True
-        final = False
+        final = any(action.kind in _FINAL for action in self.actions)
+        last = final or self.caught >= self.count
+        if last and not isinstance(backend, PtraceBackend):
+            backend.detach()  # no later call may stop the process once it is let go
         try:
-            for action in self.actions:
+            for index, action in enumerate(self.actions):
                 try:
                     if action.kind is ActionKind.STACK:
                         snapshot, result = self._stack(held, action)
+                    elif action.kind is ActionKind.GCORE:
+                        # The last action, with eBPF: the process may run on as soon as
+                        # gcore's copy of it exists, while the core is written.
+                        early = index == len(self.actions) - 1 and not isinstance(
+                            backend, PtraceBackend
+                        )
+                        result = self._gcore(backend, held, action, early=early)
                     else:
                         result = self._do(backend, held, action)
                 except RedhandError as error:
-                    result = ActionResult(action, False, f"{action.kind.value} failed: {error}")
+                    result = ActionResult(action, False, str(error))
                 results.append(result)
                 if action.kind in (ActionKind.STOP, ActionKind.KILL):
                     resume = False
-                final = final or action.kind in _FINAL
+            if last and isinstance(backend, PtraceBackend):
+                backend.acting = False
         finally:
-            backend.release(held, resume=resume)
-        paused_ns = time.perf_counter_ns() - paused_from
-        if final and not isinstance(backend, PtraceBackend):
-            backend.detach()
+            let_go = backend.release(held, resume=resume)
+        paused_ns = let_go - paused_from
         caught = Caught(
             number=self.caught,
             hit=held.hit,
@@ -463,11 +488,72 @@ class Watch:
             actions=results,
             resumed=resume and not final,
         )
-        if snapshot is not None:
-            caught.target = self._target(snapshot, held)
-        return caught
+        return caught, snapshot, held
 
-    def _stack(self, held: Held, action: Action) -> tuple[object, ActionResult]:
+    def _complete(
+        self,
+        backend: BpfBackend | PtraceBackend,
+        caught: Caught,
+        snapshot: Snapshot | None,
+        held: Held,
+    ) -> None:
+        """Unwind the stacks (and run the ``prepare`` hook) while the backend runs on.
+
+        A ptrace backend is the tracer of the program: every stop of it (a watched
+        call, a signal, redhand's own SIGCONT) waits until the tracer thread looks.
+        So the slow work (modules, unwinding, symbols, the caller's rendering) runs
+        in a thread of its own while this one keeps answering the program's stops;
+        a hit meanwhile waits, stopped, for the next round.
+        """
+        from redhand.capture.tracer import PtraceBackend
+
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                if snapshot is not None:
+                    caught.target = self._target(snapshot, held)
+                if self.prepare is not None:
+                    self.prepare(caught)
+            except BaseException as error:  # handed to the caller
+                failure.append(error)
+
+        if not isinstance(backend, PtraceBackend) or not self._can_handle_signals():
+            work()
+        else:
+            self._serve_while(backend, work)
+        if failure:
+            raise failure[0]
+
+    def _serve_while(self, backend: PtraceBackend, work: Callable[[], None]) -> None:
+        def masked() -> None:
+            # The ticks and the signals redhand takes must reach this thread, the tracer.
+            signal.pthread_sigmask(signal.SIG_BLOCK, _SERVED_SIGNALS)
+            work()
+
+        worker = threading.Thread(target=masked, name="redhand-report", daemon=True)
+        switch = sys.getswitchinterval()
+        sys.setswitchinterval(_SERVE_SWITCH)
+        signal.setitimer(signal.ITIMER_REAL, _SERVE_TICK, _SERVE_TICK)
+        worker.start()
+        try:
+            while worker.is_alive():
+                if self._pending_hits is not None or not backend.processes:
+                    worker.join(_SERVE_TICK)
+                    continue
+                hits = backend.wait(None, lambda: not worker.is_alive() or self._should_stop())
+                if hits is None:
+                    continue
+                if hits:
+                    self._pending_hits = hits  # acted on in the next round
+                elif self._should_stop():
+                    worker.join()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            sys.setswitchinterval(switch)
+        worker.join()
+
+    def _stack(self, held: Held, action: Action) -> tuple[Snapshot, ActionResult]:
         from redhand.proc.freeze import freeze
 
         snapshot = freeze(held.pid, stack_bytes=self.stack_bytes)
@@ -478,12 +564,10 @@ class Watch:
             f"in {snapshot.frozen_ns / 1e6:.2f} ms",
         )
 
-    def _target(self, snapshot: object, held: Held) -> Target:
-        from redhand.proc.freeze import Snapshot
+    def _target(self, snapshot: Snapshot, held: Held) -> Target:
         from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
         from redhand.target.live import target_from_snapshot
 
-        assert isinstance(snapshot, Snapshot)
         dirs = tuple(dict.fromkeys((*(self.debug_dirs or ()), *DEFAULT_DEBUG_DIRS)))
         target = target_from_snapshot(snapshot, debug_dirs=dirs)
         target.source_lines = self.source
@@ -493,16 +577,30 @@ class Watch:
         target.threads.sort(key=lambda t: (t.tid != first, t.tid not in others))
         return target
 
+    def _gcore(
+        self, backend: BpfBackend | PtraceBackend, held: Held, action: Action, *, early: bool
+    ) -> ActionResult:
+        from redhand.capture.bpfwatch import BpfBackend
+        from redhand.capture.gcore import gcore
+
+        path = self._core_path(action.argument, held.pid, held.hit.tid)
+        let_go = None
+        if early and isinstance(backend, BpfBackend):
+            let_go = lambda: backend.let_go(held)  # noqa: E731
+        result = gcore(
+            held.pid,
+            path,
+            compression="zstd" if path.endswith(".zst") else None,
+            first_thread=held.hit.tid,
+            on_snapshot=let_go,
+        )
+        summary = f"core written to {result.path} ({result.mode} mode"
+        if held.let_go_ns is not None:
+            summary += ", the process ran on once the copy was made"
+        return ActionResult(action, True, summary + ")", path=result.path, gcore=result)
+
     def _do(self, backend: BpfBackend | PtraceBackend, held: Held, action: Action) -> ActionResult:
         pid, tid = held.pid, held.hit.tid
-        if action.kind is ActionKind.GCORE:
-            from redhand.capture.gcore import gcore
-
-            path = self._core_path(action.argument, pid, tid)
-            result = gcore(pid, path, compression="zstd" if path.endswith(".zst") else None)
-            return ActionResult(
-                action, True, f"core written to {result.path}", path=result.path, gcore=result
-            )
         if action.kind is ActionKind.EXEC:
             assert action.argument is not None
             return _run_command(action, action.argument, pid, tid, self._should_stop)
@@ -613,13 +711,13 @@ def _run_command(
     try:
         argv = shlex.split(text)
     except ValueError as error:
-        return ActionResult(action, False, f"exec: cannot parse {text!r}: {error}")
+        return ActionResult(action, False, f"cannot parse {text!r}: {error}")
     try:
         child = subprocess.Popen(argv)
     except FileNotFoundError:
-        return ActionResult(action, False, f"exec: {argv[0]}: command not found")
+        return ActionResult(action, False, f"{argv[0]}: command not found")
     except OSError as error:
-        return ActionResult(action, False, f"exec: {text}: {error.strerror}")
+        return ActionResult(action, False, f"{text}: {error.strerror}")
     deadline = time.monotonic() + _EXEC_TIMEOUT
     why = None
     while True:
@@ -639,8 +737,8 @@ def _run_command(
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-            return ActionResult(action, False, f"exec: {text} ended early: {why}")
-    return ActionResult(action, code == 0, f"exec: {text} exited with {code}", exit_code=code)
+            return ActionResult(action, False, f"{text} ended early: {why}")
+    return ActionResult(action, code == 0, f"{text} exited with {code}", exit_code=code)
 
 
 def thread_name(pid: int, tid: int) -> str:
