@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from redhand.capture import bpf, syscalls
-from redhand.capture.bpfwatch import Who, enter_program, exec_program, exit_program, fork_program
+from redhand.capture.bpfwatch import Who, exec_program, exit_program, fork_program
 from redhand.capture.events import (
     Condition,
     EventSpecError,
@@ -200,26 +200,18 @@ def test_every_event_compiles_to_programs_the_verifier_accepts(spec: str) -> Non
     """The kernel's verifier is the judge: every shape of event, by pid and by name."""
     event = syscall_event(spec)
     fds = [
-        bpf.create_map(bpf.MAP_HASH, 8, 48, 16, name="rh_test_args"),
         bpf.create_map(bpf.MAP_ARRAY, 4, 8, 1, name="rh_test_state"),
         bpf.create_map(bpf.MAP_RINGBUF, 0, 0, 1 << 16, name="rh_test_ring"),
         bpf.create_map(bpf.MAP_HASH, 4, 1, 16, name="rh_test_tgids"),
     ]
-    args, state, ring, tgids = fds
+    state, ring, tgids = fds
     try:
         for who in (Who(tgid=1), Who(comm=b"node".ljust(16, b"\0"), tgids_fd=tgids)):
             for skip in (0, 5):
                 program = exit_program(
-                    event,
-                    who,
-                    args_fd=args,
-                    state_fd=state,
-                    ring_fd=ring,
-                    skip=skip,
-                    raw=event.any_call,
+                    event, who, state_fd=state, ring_fd=ring, skip=skip, raw=event.any_call
                 )
                 fds.append(bpf.load_program(program, name="rh_test"))
-            fds.append(bpf.load_program(enter_program(who, args, 3), name="rh_test"))
         comm = Who(comm=b"node".ljust(16, b"\0"), tgids_fd=tgids)
         fds.append(bpf.load_program(exec_program(comm), name="rh_test"))
         fds.append(bpf.load_program(fork_program(comm), name="rh_test"))

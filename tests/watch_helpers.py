@@ -19,7 +19,7 @@ from helpers import compile_c, wait_until
 from redhand.capture import bpf
 
 TIMEOUT = 120.0
-OUR_PROGRAMS = ("redhand_watch", "redhand_enter", "redhand_follow")
+OUR_PROGRAMS = ("redhand_watch", "redhand_follow")
 
 
 def build_badclose(directory: Path) -> Path:

@@ -1,15 +1,17 @@
 """The eBPF backend of ``redhand watch``: the test runs in the kernel, at the call's return.
 
-Two tracepoint programs per watch, generated for the event:
-
-- on ``syscalls:sys_enter_NAME`` (``raw_syscalls:sys_enter`` for ``any``):
-  for a thread of the watched process, keep the call's arguments in a hash
-  map by thread (the exit tracepoint does not carry them);
-- on ``syscalls:sys_exit_NAME``: for a thread of the watched process, test
-  the return value and the argument conditions; on a match, count it (the
-  first ``--skip`` matches only count), put a record in a ring buffer and
-  ``bpf_send_signal_thread(SIGSTOP)``: the thread stops before it returns
-  to user space, so it runs no instruction after the failing call.
+One tracepoint program per watch, generated for the event, on
+``syscalls:sys_exit_NAME`` (``raw_syscalls:sys_exit`` for ``any``): for a
+thread of the watched process, test the return value; read the call's
+arguments from the registers the thread entered the kernel with
+(``bpf_task_pt_regs``: x86_64 keeps rdi, rsi, rdx, r10, r8 and r9 there
+through the call) and test the conditions on them; on a match, count it (the
+first ``--skip`` matches only count), put a record in a ring buffer and
+``bpf_send_signal_thread(SIGSTOP)``: the thread stops before it returns to
+user space, so it runs no instruction after the failing call.  No program
+runs at the calls' entry: enabling a syscall tracepoint makes every system
+call of the machine take the kernel's slower path for it, and one direction
+costs less than two (measured in BENCHMARKS.md).
 
 "The watched process" is a tgid (``-p``), or (``--comm``) a thread whose
 name is the one asked for, or a thread of a process in a map of tgids: the
@@ -57,6 +59,7 @@ from redhand.capture.bpf import (
     R6,
     R7,
     R8,
+    R9,
     R10,
     RSH,
     Assembler,
@@ -77,10 +80,14 @@ if TYPE_CHECKING:
 
     from redhand.capture.guard import Guard
 
-__all__ = ["BpfBackend", "enter_program", "exit_program"]
+__all__ = ["BpfBackend", "exec_program", "exit_program", "fork_program"]
 
 RING_SIZE = 1 << 16
-ARGS_ENTRIES = 1 << 16  # threads whose arguments are kept at once
+# struct pt_regs on x86_64: where the six argument registers of a system call are saved.
+_PT_REGS_ARGUMENTS = (112, 104, 96, 56, 72, 64)  # rdi, rsi, rdx, r10, r8, r9
+GET_CURRENT_TASK_BTF = 158
+TASK_PT_REGS = 175
+PROBE_READ_KERNEL = 113
 _RECORD = struct.Struct("<QqQ6QQ16s")  # pid_tgid, ret, nr, args, ktime, comm
 _BPF_ANY = 0
 _RESCAN_SECONDS = 1.0
@@ -195,36 +202,10 @@ def _compare_comm(asm: Assembler, comm: bytes, out: str) -> None:
         asm.jump_reg(JNE, R1, R2, out)
 
 
-def enter_program(who: Who, args_fd: int, argument_count: int) -> bytes:
-    """At a call's entry: keep its arguments for the exit program, by thread."""
-    asm = Assembler()
-    asm.mov_reg(R6, R1)
-    _filter(asm, who, "out")
-    asm.store(DW, R10, R7, -8)  # key: pid_tgid
-    for index in range(6):  # value: six words at fp-56
-        if index < argument_count:
-            asm.load(DW, R1, R6, 16 + 8 * index)
-            asm.store(DW, R10, R1, -56 + 8 * index)
-        else:
-            asm.store_imm(DW, R10, -56 + 8 * index, 0)
-    asm.load_map_fd(R1, args_fd)
-    asm.mov_reg(R2, R10)
-    asm.alu_imm(ADD, R2, -8)
-    asm.mov_reg(R3, R10)
-    asm.alu_imm(ADD, R3, -56)
-    asm.mov_imm(R4, _BPF_ANY)
-    asm.call(bpf.MAP_UPDATE_ELEM)
-    asm.label("out")
-    asm.mov_imm(R0, 0)
-    asm.exit()
-    return asm.assemble()
-
-
 def exit_program(
     event: SyscallEvent,
     who: Who,
     *,
-    args_fd: int,
     state_fd: int,
     ring_fd: int,
     skip: int,
@@ -258,26 +239,21 @@ def exit_program(
     else:
         asm.load(W, R1, R6, 8)  # syscalls: int __syscall_nr
     asm.store(DW, R10, R1, record + 16)
-    asm.store(DW, R10, R7, -8)  # the key of the arguments
-    asm.load_map_fd(R1, args_fd)
-    asm.mov_reg(R2, R10)
-    asm.alu_imm(ADD, R2, -8)
-    asm.call(bpf.MAP_LOOKUP_ELEM)
-    asm.jump_imm(JEQ, R0, 0, "no_arguments")
-    for index in range(6):
-        asm.load(DW, R1, R0, 8 * index)
-        asm.store(DW, R10, R1, record + 24 + 8 * index)
+    # The arguments, from the registers saved at the call's entry.
+    asm.call(GET_CURRENT_TASK_BTF)
+    asm.mov_reg(R1, R0)
+    asm.call(TASK_PT_REGS)
+    asm.mov_reg(R9, R0)
+    for index, offset in enumerate(_PT_REGS_ARGUMENTS):
+        asm.mov_reg(R1, R10)
+        asm.alu_imm(ADD, R1, record + 24 + 8 * index)
+        asm.mov_imm(R2, 8)
+        asm.mov_reg(R3, R9)
+        asm.alu_imm(ADD, R3, offset)
+        asm.call(PROBE_READ_KERNEL)  # zeroes the word if it cannot be read
     for condition in event.conditions:
-        asm.load(DW, R1, R0, 8 * condition.argument)
+        asm.load(DW, R1, R10, record + 24 + 8 * condition.argument)
         _jump_unless(asm, R1, condition.op, condition.value, "out")
-    asm.goto("arguments_done")
-    asm.label("no_arguments")
-    if event.conditions:
-        asm.goto("out")  # the entry was not seen (the watch began inside the call)
-    else:
-        for index in range(6):
-            asm.store_imm(DW, R10, record + 24 + 8 * index, 0)
-    asm.label("arguments_done")
     # Count the match; the first ``skip`` only count.
     asm.store_imm(W, R10, -12, 0)
     asm.load_map_fd(R1, state_fd)
@@ -358,24 +334,21 @@ class BpfBackend:
         if mounted:
             self.notes.append("mounted tracefs at /sys/kernel/tracing")
         raw = self.event.any_call
-        pairs: list[tuple[str, str, str, int]] = []  # (category, enter, exit, argument count)
+        tracepoints: list[tuple[str, str]] = []  # (category, name)
         if raw:
-            pairs.append(("raw_syscalls", "sys_enter", "sys_exit", 6))
+            tracepoints.append(("raw_syscalls", "sys_exit"))
         else:
             for call in self.event.calls:
-                name = syscalls.tracepoint_name(call)
-                if not bpf.tracepoint_exists("syscalls", f"sys_exit_{name}"):
+                name = f"sys_exit_{syscalls.tracepoint_name(call)}"
+                if not bpf.tracepoint_exists("syscalls", name):
                     raise BpfError(
                         f"this kernel has no tracepoint for {call}()",
                         hint="it was built without it, or the call does not exist here; "
                         "watch a program you launch (-- CMD) to use seccomp instead",
                     )
-                arguments = syscalls.argument_names(call)
-                pairs.append(
-                    ("syscalls", f"sys_enter_{name}", f"sys_exit_{name}", len(arguments or ()))
-                )
+                tracepoints.append(("syscalls", name))
         try:
-            self._load(pairs, raw)
+            self._load(tracepoints, raw)
         except BaseException:
             self.close()
             raise
@@ -387,9 +360,7 @@ class BpfBackend:
         self._fds.append(fd)
         return fd
 
-    def _load(self, pairs: list[tuple[str, str, str, int]], raw: bool) -> None:
-        # LRU: the entries of threads that ended go by themselves when the map is full.
-        args_fd = self._map(bpf.MAP_LRU_HASH, 8, 48, ARGS_ENTRIES, "rh_watch_args")
+    def _load(self, tracepoints: list[tuple[str, str]], raw: bool) -> None:
         state_fd = self._map(bpf.MAP_ARRAY, 4, 8, 1, "rh_watch_state")
         ring_fd = self._map(bpf.MAP_RINGBUF, 0, 0, RING_SIZE, "rh_watch_ring")
         who = Who(tgid=self.pid)
@@ -406,25 +377,14 @@ class BpfBackend:
                 fd = bpf.load_program(program, name="redhand_follow")
                 self._fds.append(fd)
                 self._links.append(bpf.attach_tracepoint(fd, bpf.tracepoint_id("sched", event)))
-        for category, enter, leave, count in pairs:
-            enter_fd = bpf.load_program(enter_program(who, args_fd, count), name="redhand_enter")
-            self._fds.append(enter_fd)
-            exit_fd = bpf.load_program(
-                exit_program(
-                    self.event,
-                    who,
-                    args_fd=args_fd,
-                    state_fd=state_fd,
-                    ring_fd=ring_fd,
-                    skip=self.skip,
-                    raw=raw,
-                ),
-                name="redhand_watch",
-            )
-            self._fds.append(exit_fd)
-            # The entry program first: a call that returns must have had its entry seen.
-            self._links.append(bpf.attach_tracepoint(enter_fd, bpf.tracepoint_id(category, enter)))
-            self._links.append(bpf.attach_tracepoint(exit_fd, bpf.tracepoint_id(category, leave)))
+        program = exit_program(
+            self.event, who, state_fd=state_fd, ring_fd=ring_fd, skip=self.skip, raw=raw
+        )
+        exit_fd = bpf.load_program(program, name="redhand_watch")
+        self._fds.append(exit_fd)
+        # One program, attached to each call's tracepoint (each has a prog array of its own).
+        for category, name in tracepoints:
+            self._links.append(bpf.attach_tracepoint(exit_fd, bpf.tracepoint_id(category, name)))
 
     def _rescan(self) -> None:
         """Add the tgids of processes now named ``comm`` to the kernel's map."""
