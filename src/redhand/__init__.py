@@ -5,7 +5,8 @@ its ``threads`` each have a ``backtrace()``, a sequence of :class:`Frame`.
 ``redhand.open_core(path)`` reads a core file into the same :class:`Target`;
 ``redhand.gcore(pid, path)`` writes one of a running process;
 ``redhand.watch(spec, pid=...)`` waits for an event (a failing system call)
-and yields what it caught.
+and yields what it caught; ``redhand.run(argv)`` runs a program under a crash
+guard and returns its crash reports and its status.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from redhand.capture.gcore import GcoreResult, gcore
+    from redhand.capture.run import Run, RunResult, run
     from redhand.capture.watch import Caught, Watch, watch
     from redhand.errors import (
         AlreadyTraced,
@@ -64,6 +66,9 @@ _LAZY = {
     "attach": "redhand.target.live",
     "gcore": "redhand.capture.gcore",
     "watch": "redhand.capture.watch",
+    "run": "redhand.capture.run",
+    "Run": "redhand.capture.run",
+    "RunResult": "redhand.capture.run",
     "Watch": "redhand.capture.watch",
     "Caught": "redhand.capture.watch",
     "GcoreResult": "redhand.capture.gcore",
@@ -107,6 +112,8 @@ __all__ = [
     "ProcessNotFound",
     "RedhandError",
     "Registers",
+    "Run",
+    "RunResult",
     "Target",
     "Thread",
     "Trust",
@@ -117,5 +124,6 @@ __all__ = [
     "attach",
     "gcore",
     "open_core",
+    "run",
     "watch",
 ]

@@ -130,6 +130,15 @@ def _count(text: str) -> int:
     return value
 
 
+def _signal_number(text: str) -> int:
+    from redhand.capture.events import signal_number
+
+    number = signal_number(text)
+    if number is None:
+        raise ValueError(f"not a signal: {text!r} (SIGTERM, TERM or 15)")
+    return number
+
+
 def _backend(text: str) -> str:
     if text not in ("auto", "ebpf", "seccomp", "ptrace"):
         raise ValueError(f"not a backend: {text!r} (auto, ebpf, seccomp or ptrace)")
@@ -185,7 +194,7 @@ class Command:
         self,
         help: str,
         description: str,
-        positional: tuple[str, str, Callable[[str], object]],  # (dest, metavar, parse)
+        positional: tuple[str, str, Callable[[str], object]] | None,  # (dest, metavar, parse)
         options: list[Option],
         run: Callable[[Arguments], int],
     ) -> None:
@@ -451,11 +460,107 @@ def _commands() -> dict[str, Command]:
             ],
             run_watch,
         ),
+        "run": Command(
+            "run a program under a crash guard: a full crash report before it dies",
+            "Run a program (-- CMD ...) or guard a running process (-p PID) until it ends. It "
+            "stops for nothing but signals. At a signal that is about to end a process of it "
+            "(SIGSEGV, SIGABRT, a SIGTERM from outside, ...), every thread's stack and the "
+            "crash report that 'redhand core' gives are printed while the process is whole; "
+            "then the signal is delivered as it came: the kernel writes its core as without "
+            "redhand, and redhand exits with the program's status. With --timeout, a hang's "
+            "stacks are printed before the program is killed.",
+            None,
+            [
+                Option(
+                    ("-p", "--pid"),
+                    "pid",
+                    VALUE,
+                    "guard this running process until it ends",
+                    parse=_pid,
+                    metavar="PID",
+                ),
+                Option(
+                    ("--core",),
+                    "core",
+                    VALUE,
+                    "also write a core of the moment of the crash (or of the timeout) to FILE "
+                    "({pid} is replaced)",
+                    metavar="FILE",
+                ),
+                Option(
+                    ("--on",),
+                    "on",
+                    APPEND,
+                    "report every delivery of this signal too, even one the program handles "
+                    "(repeatable)",
+                    parse=_signal_number,
+                    default=(),
+                    metavar="SIGNAL",
+                ),
+                Option(
+                    ("--timeout",),
+                    "timeout",
+                    VALUE,
+                    "when time is up, print every thread's stack, then kill the program "
+                    "(exit code 124, as timeout(1))",
+                    parse=_duration,
+                    metavar="DURATION",
+                ),
+                Option(
+                    ("--kill-signal",),
+                    "kill_signal",
+                    VALUE,
+                    "the signal sent at the timeout (default SIGTERM)",
+                    parse=_signal_number,
+                    default=15,
+                    metavar="SIGNAL",
+                ),
+                Option(
+                    ("--kill-after",),
+                    "kill_after",
+                    VALUE,
+                    "SIGKILL this long after the kill signal if the program is still there "
+                    "(default 10s)",
+                    parse=_duration,
+                    default=10.0,
+                    metavar="DURATION",
+                ),
+                Option(
+                    ("--no-follow",),
+                    "no_follow",
+                    FLAG,
+                    "guard the program alone, not its children",
+                ),
+                Option(("--json",), "json", FLAG, "print the JSON document (version 1) at the end"),
+                Option(
+                    ("--no-group",),
+                    "no_group",
+                    FLAG,
+                    "show every thread, even with identical stacks",
+                ),
+                Option(
+                    ("--max-frames",),
+                    "max_frames",
+                    VALUE,
+                    "show at most N frames per thread (default 10)",
+                    parse=_positive,
+                    metavar="N",
+                ),
+                Option(
+                    ("--source",),
+                    "source",
+                    SWITCH,
+                    "file:line of each frame, from DWARF (default: on)",
+                    default=True,
+                ),
+            ],
+            run_run,
+        ),
     }
 
 
 # Commands that take a program to run after ``--``.
-_TRAILING = frozenset({"watch"})
+_TRAILING = frozenset({"watch", "run"})
 
 
 # -- the fast parser ---------------------------------------------------------
@@ -522,6 +627,12 @@ def fast_parse(argv: Sequence[str]) -> Arguments | None:
             values[option.dest] = [*(values[option.dest] or ()), value]  # type: ignore[misc]
         else:
             values[option.dest] = value
+    if command.positional is None:
+        return (
+            None
+            if positional is not None
+            else Arguments(command=argv[0], run=command.run, **values)
+        )
     if positional is None:
         return None
     dest, _metavar, parse = command.positional
@@ -591,8 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=EXIT_CODES,
             formatter_class=Formatter,
         )
-        dest, metavar, parse = command.positional
-        sub.add_argument(dest, type=checked(parse), metavar=metavar)
+        if command.positional is not None:
+            dest, metavar, parse = command.positional
+            sub.add_argument(dest, type=checked(parse), metavar=metavar)
         for option in command.options:
             common: dict[str, Any] = {"dest": option.dest, "help": option.help}
             if option.kind == FLAG:
@@ -836,6 +948,73 @@ def run_watch(args: Arguments) -> int:
             f"of '{watched.event}'",
         )
     return 0
+
+
+def run_run(args: Arguments) -> int:
+    import io
+
+    from redhand.capture.run import Run
+    from redhand.capture.watch import Caught
+    from redhand.report.run import (
+        exit_json,
+        render_end,
+        render_guard_header,
+        render_report_text,
+        report_json,
+    )
+    from redhand.report.style import Style
+
+    if (args.pid is None) == (args.command_argv is None):
+        raise UsageError("redhand run: say what to guard: -- CMD ... or -p PID (one of them)")
+    if args.command_argv == []:
+        raise UsageError("redhand run: a program to launch is expected after --")
+    guard = Run(
+        args.command_argv,
+        pid=args.pid,
+        on=args.on,
+        core=args.core,
+        timeout=args.timeout,
+        kill_signal=args.kill_signal,
+        kill_after=args.kill_after,
+        follow=not args.no_follow,
+        source=args.source,
+    )
+    guard.on_start = lambda started: render_guard_header(guard, sys.stderr)
+    group = not args.no_group
+    style = Style.for_stream(sys.stdout)
+    documents: list[dict[str, object]] = []
+
+    def prepare(caught: Caught) -> None:
+        # Rendered while the program runs on (or dies, as its signal says).
+        if args.json:
+            documents.append(report_json(caught, max_frames=args.max_frames, group=group))
+            return
+        out = io.StringIO()
+        render_report_text(
+            caught, out, max_frames=args.max_frames, group=group, style=style, guard=guard
+        )
+        caught.rendered = out.getvalue()
+
+    guard.prepare = prepare
+    for caught in guard:
+        if caught.rendered:
+            sys.stdout.write(caught.rendered)
+            sys.stdout.flush()
+    if guard.exec_error:
+        print(f"redhand: cannot run {args.command_argv[0]}: {guard.exec_error}", file=sys.stderr)
+        return 126
+    if args.json:
+        import json
+
+        main_pid = args.pid
+        primary = next((d for d in documents if main_pid is None or d.get("pid") == main_pid), None)
+        document = dict(primary) if primary is not None else {"redhand": 1, "kind": "run"}
+        document["exit"] = exit_json(guard)
+        document["reports"] = documents
+        sys.stdout.write(json.dumps(document) + "\n")
+    else:
+        render_end(guard, sys.stderr)
+    return guard.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -164,7 +164,76 @@ class SignalEvent:
         return self.text
 
 
-Event = SyscallEvent | SignalEvent
+# What each signal does by default (signal(7)): end the process (with a core or not).
+_DEFAULT_KILLS = frozenset(
+    {
+        signal_module.SIGHUP,
+        signal_module.SIGINT,
+        signal_module.SIGQUIT,
+        signal_module.SIGILL,
+        signal_module.SIGTRAP,
+        signal_module.SIGABRT,
+        signal_module.SIGBUS,
+        signal_module.SIGFPE,
+        signal_module.SIGUSR1,
+        signal_module.SIGSEGV,
+        signal_module.SIGUSR2,
+        signal_module.SIGPIPE,
+        signal_module.SIGALRM,
+        signal_module.SIGTERM,
+        signal_module.SIGSTKFLT,
+        signal_module.SIGXCPU,
+        signal_module.SIGXFSZ,
+        signal_module.SIGVTALRM,
+        signal_module.SIGPROF,
+        signal_module.SIGIO,
+        signal_module.SIGPWR,
+        signal_module.SIGSYS,
+    }
+)
+
+
+def kills_by_default(signo: int) -> bool:
+    """Whether the signal's default action ends the process (real-time signals do too)."""
+    return signo in _DEFAULT_KILLS or signal_module.SIGRTMIN <= signo <= signal_module.SIGRTMAX
+
+
+@dataclass(frozen=True)
+class CrashEvent:
+    """A signal that is about to end the process (``redhand run``), or one of ``on``.
+
+    Whether a signal ends the process is decided at its delivery, from the
+    process's dispositions (/proc/PID/status: not caught by a handler, not
+    ignored) and the signal's default action.  A handler that re-raises the
+    signal after resetting it is caught at the second delivery.
+    """
+
+    on: frozenset[int] = frozenset()
+    text: str = "a fatal signal"
+
+    def wanted(self, pid: int, signo: int) -> bool:
+        return signo in self.on or will_kill(pid, signo)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def will_kill(pid: int, signo: int) -> bool:
+    """Whether delivering ``signo`` now ends process ``pid`` (False when unknowable)."""
+    if not kills_by_default(signo):
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        caught = int(fields["SigCgt"].strip(), 16)
+        ignored = int(fields["SigIgn"].strip(), 16)
+    except (OSError, KeyError, ValueError):
+        return False
+    bit = 1 << (signo - 1)
+    return not (caught & bit or ignored & bit)
+
+
+Event = SyscallEvent | SignalEvent | CrashEvent
 
 # -- names -----------------------------------------------------------------------
 

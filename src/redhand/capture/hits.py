@@ -101,6 +101,8 @@ class Hit:
         """The event alone: ``close(987) = -1 EBADF (Bad file descriptor)``."""
         if self.call is not None:
             return str(self.call)
+        if self.signal is None:
+            return "time is up"
         text = f"signal {self.signal_name}"
         info = self.siginfo
         if info is not None and info.pid is not None:

@@ -44,7 +44,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-from redhand.capture.events import SignalEvent, SyscallEvent, signed64
+from redhand.capture.events import CrashEvent, SignalEvent, SyscallEvent, signed64
 from redhand.capture.hits import Hit, SyscallCall
 from redhand.errors import FileNotFound, PermissionDenied, ProcessError, ProcessExited
 from redhand.proc import procfs, ptrace
@@ -160,7 +160,7 @@ class PtraceBackend:
 
     def __init__(
         self,
-        event: SyscallEvent | SignalEvent,
+        event: SyscallEvent | SignalEvent | CrashEvent,
         mode: Mode,
         guard: Guard,
         *,
@@ -168,8 +168,9 @@ class PtraceBackend:
         argv: Sequence[str] | None = None,
         pid: int | None = None,
         follow: bool = True,
+        exit_kill: bool = True,
     ) -> None:
-        self.event = event
+        self.event: SyscallEvent | SignalEvent | CrashEvent = event
         self.mode = mode
         self.guard = guard
         self.skip = skip
@@ -199,7 +200,8 @@ class PtraceBackend:
         self._closed = False
         options = ptrace.PTRACE_O_TRACESYSGOOD | ptrace.PTRACE_O_TRACECLONE
         if self.argv is not None:
-            options |= ptrace.PTRACE_O_EXITKILL
+            if exit_kill or mode is Mode.SECCOMP:  # a filtered program never runs untraced
+                options |= ptrace.PTRACE_O_EXITKILL
             if follow:
                 options |= (
                     ptrace.PTRACE_O_TRACEFORK
@@ -500,8 +502,7 @@ class PtraceBackend:
             del self.own_signal[tid]
             self._restart(tid, sig)
             return None
-        event = self.event
-        if self.acting and isinstance(event, SignalEvent) and sig == event.signal:
+        if self.acting and self._wanted(tgid, sig):
             try:
                 info = ptrace.get_siginfo(tid)
             except ProcessError:
@@ -514,6 +515,12 @@ class PtraceBackend:
                 )
         self._restart(tid, sig)
         return None
+
+    def _wanted(self, tgid: int, sig: int) -> bool:
+        event = self.event
+        if isinstance(event, SignalEvent):
+            return sig == event.signal
+        return isinstance(event, CrashEvent) and event.wanted(tgid, sig)
 
     # -- threads and processes --------------------------------------------------------
 
@@ -548,7 +555,7 @@ class PtraceBackend:
             self.processes.setdefault(tid, _Process(tid, set(), launched=True)).tids.add(tid)
 
     def _gone(self, tid: int, status: int) -> None:
-        if tid == self.launched_pid and self.exit_status is None:
+        if tid in (self.launched_pid, self.attach_pid) and self.exit_status is None:
             self.exit_status = status
             self._read_exec_error()
         self._forget(tid)
@@ -597,11 +604,15 @@ class PtraceBackend:
 
     # -- holding a process for the actions ----------------------------------------------
 
-    def hold(self, hits: list[Hit], should_stop: Callable[[], bool]) -> Held:
+    def hold(
+        self, hits: list[Hit], should_stop: Callable[[], bool], *, running: bool = False
+    ) -> Held:
         """Bring the process of ``hits[0]`` to a group-stop and detach it.
 
-        The thread that hit gets a SIGSTOP and runs no user code before it
-        stops.  Stops of the other processes meanwhile wait in ``pending``.
+        The thread that hit (in a ptrace stop) gets a SIGSTOP and runs no user
+        code before it stops.  ``running``: no thread is in a stop (a timeout),
+        the process gets the SIGSTOP.  Stops of the other processes meanwhile
+        wait in ``pending``.
         """
         first = hits[0]
         pid, tid = first.pid, first.tid
@@ -612,9 +623,13 @@ class PtraceBackend:
         held = Held(pid, first, list(hits[1:]), 0, process.launched)
         if first.siginfo is not None:
             held.stashed[tid] = first.siginfo.raw
-        self.expect_sigstop.add(tid)
-        ptrace.tgkill(pid, tid, signal.SIGSTOP)
-        self._ptrace(ptrace.PTRACE_CONT, tid, 0)
+        if running:
+            self.expect_sigstop.update(process.tids)
+            os.kill(pid, signal.SIGSTOP)
+        else:
+            self.expect_sigstop.add(tid)
+            ptrace.tgkill(pid, tid, signal.SIGSTOP)
+            self._ptrace(ptrace.PTRACE_CONT, tid, 0)
         stopped: set[int] = set()
         while process.tids - stopped:
             if self.pending and self.tgid_of.get(self.pending[0][0]) == pid:
@@ -657,7 +672,7 @@ class PtraceBackend:
         for thread in sorted(process.tids):
             with contextlib.suppress(ProcessError):
                 ptrace.detach(thread)
-        self.guard.hold(pid, kill=process.launched)
+        self.guard.hold(pid, kill=process.launched and self.mode is Mode.SECCOMP)
         # A detached thread wakes for a moment to enter its group-stop again (in the
         # kernel: it runs no user code); a debugger the actions start wants it stopped.
         procfs.wait_all_stopped(pid, _SETTLE_SECONDS)
@@ -722,17 +737,18 @@ class PtraceBackend:
                 os.kill(self.launched_pid, signo)
 
     def close(self) -> None:
-        """Detach from everything (a launched program, which cannot run untraced, is killed)."""
+        """Detach from everything (a program under redhand's seccomp filter, which cannot
+        run untraced, is killed)."""
         if self._closed:
             return
         self._closed = True
         for process in list(self.processes.values()):
-            if process.launched:
+            if process.launched and self.mode is Mode.SECCOMP:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGKILL)
                 continue
             self._detach_process(process)
-        if self.launched_pid is not None and self.exit_status is None:
+        if self.launched_pid is not None and self.exit_status is None and self.mode is Mode.SECCOMP:
             try:
                 _pid, status = os.waitpid(self.launched_pid, 0)
                 self.exit_status = status

@@ -37,7 +37,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from redhand.capture.events import SignalEvent, parse_event
+from redhand.capture.events import CrashEvent, SignalEvent, SyscallEvent, parse_event
 from redhand.capture.guard import Guard
 from redhand.capture.hits import Hit
 from redhand.errors import Interrupted, ProcessError, RedhandError
@@ -193,6 +193,8 @@ class Caught:
     resumed: bool = True
     warnings: list[str] = field(default_factory=list)
     rendered: str | None = None  # what a ``prepare`` hook made of it (the CLI: its output)
+    kind: str = "event"  # or "timeout" (redhand run: the stacks of a program out of time)
+    prepared: bool = False  # the stacks were unwound and the ``prepare`` hook ran
 
 
 class Watch:
@@ -200,7 +202,7 @@ class Watch:
 
     def __init__(
         self,
-        spec: str,
+        spec: str | CrashEvent,
         *,
         pid: int | None = None,
         comm: str | None = None,
@@ -222,7 +224,7 @@ class Watch:
             raise ValueError("argv is empty: name the program to launch")
         if count < 1 or skip < 0:
             raise ValueError("count must be at least 1 and skip not negative")
-        self.event = parse_event(spec)
+        self.event = spec if isinstance(spec, CrashEvent) else parse_event(spec)
         self.actions: list[Action] = [a for a in then if isinstance(a, Action)]
         if len(self.actions) != len(then):
             self.actions = parse_actions([str(a) for a in then])
@@ -254,6 +256,8 @@ class Watch:
         # a thread of its own while the program runs on (a renderer does its slow work here).
         self.prepare: Callable[[Caught], None] | None = None
         self._pending_hits: list[Hit] | None = None
+        # Unwind and analyse before letting the process go (it is about to die: redhand run).
+        self.analyse_while_held = False
         self._check_choices()
 
     # -- choosing -------------------------------------------------------------------
@@ -262,13 +266,14 @@ class Watch:
         requested = self._requested_backend
         if requested not in ("auto", "ebpf", "seccomp", "ptrace"):
             raise ValueError(f"unknown backend {requested!r} (auto, ebpf, seccomp or ptrace)")
-        if self.argv is not None and any(a.kind is ActionKind.STOP for a in self.actions):
+        stop = any(a.kind is ActionKind.STOP for a in self.actions)
+        if self.argv is not None and stop and isinstance(self.event, SyscallEvent):
             raise ValueError(
                 "--then stop cannot be used with a launched program: its seccomp filter makes "
                 "the watched calls fail with ENOSYS once nobody traces it; watch it with -p, "
                 "or use --then exec or gcore"
             )
-        if isinstance(self.event, SignalEvent):
+        if isinstance(self.event, (SignalEvent, CrashEvent)):
             if self.comm is not None:
                 raise ValueError("a signal event needs -p PID or a command, not --comm")
             if requested in ("ebpf", "seccomp"):
@@ -288,7 +293,7 @@ class Watch:
 
         event = self.event
         requested = self._requested_backend
-        if isinstance(event, SignalEvent):
+        if isinstance(event, (SignalEvent, CrashEvent)):
             return PtraceBackend(
                 event,
                 Mode.SIGNALS,
@@ -297,6 +302,8 @@ class Watch:
                 argv=self.argv,
                 pid=self.pid,
                 follow=self.follow,
+                # A crash guard must never take the program down with it.
+                exit_kill=not isinstance(event, CrashEvent),
             )
         if self.argv is not None:
             mode = Mode.SYSCALL if requested == "ptrace" else Mode.SECCOMP
@@ -366,6 +373,7 @@ class Watch:
                         continue
                     raise self._interrupted()
                 self.timed_out = True
+                yield from self._after_timeout(backend)
                 break
             self.caught += 1
             caught, snapshot, held = self._act(backend, hits)
@@ -439,13 +447,28 @@ class Watch:
 
     # -- acting -------------------------------------------------------------------------
 
+    def _after_timeout(self, backend: BpfBackend | PtraceBackend) -> Iterator[Caught]:
+        """What a timeout does besides ending the watch (redhand run: a report, a kill)."""
+        return iter(())
+
     def _act(
-        self, backend: BpfBackend | PtraceBackend, hits: list[Hit]
+        self,
+        backend: BpfBackend | PtraceBackend,
+        hits: list[Hit],
+        *,
+        running: bool = False,
+        kind: str = "event",
     ) -> tuple[Caught, Snapshot | None, Held]:
-        """Hold the process, run the actions, let it go; the stacks are unwound later."""
+        """Hold the process, run the actions, let it go; the stacks are unwound later.
+
+        ``running``: no thread of the process is in a stop (a ptrace backend's timeout).
+        """
         from redhand.capture.tracer import PtraceBackend
 
-        held = backend.hold(hits, self._should_stop)
+        if isinstance(backend, PtraceBackend):
+            held = backend.hold(hits, self._should_stop, running=running)
+        else:
+            held = backend.hold(hits, self._should_stop)
         paused_from = time.perf_counter_ns()
         results: list[ActionResult] = []
         snapshot: Snapshot | None = None
@@ -475,19 +498,24 @@ class Watch:
                     resume = False
             if last and isinstance(backend, PtraceBackend):
                 backend.acting = False
+            caught = Caught(
+                number=self.caught,
+                hit=held.hit,
+                also=held.also,
+                backend=backend.name,
+                stopped_ns=held.stopped_ns,
+                paused_ns=0,
+                actions=results,
+                resumed=resume and not final,
+                kind=kind,
+            )
+            if self.analyse_while_held:
+                # The process is about to die: its memory is read while it is whole.
+                self._complete(backend, caught, snapshot, held, serve=False)
+                snapshot = None
         finally:
             let_go = backend.release(held, resume=resume)
-        paused_ns = let_go - paused_from
-        caught = Caught(
-            number=self.caught,
-            hit=held.hit,
-            also=held.also,
-            backend=backend.name,
-            stopped_ns=held.stopped_ns,
-            paused_ns=paused_ns,
-            actions=results,
-            resumed=resume and not final,
-        )
+        caught.paused_ns = let_go - paused_from
         return caught, snapshot, held
 
     def _complete(
@@ -496,8 +524,13 @@ class Watch:
         caught: Caught,
         snapshot: Snapshot | None,
         held: Held,
+        *,
+        serve: bool = True,
     ) -> None:
         """Unwind the stacks (and run the ``prepare`` hook) while the backend runs on.
+
+        Without ``serve``, in this thread (the process is held meanwhile).  Nothing
+        to do once done (no snapshot, no hook left).
 
         A ptrace backend is the tracer of the program: every stop of it (a watched
         call, a signal, redhand's own SIGCONT) waits until the tracer thread looks.
@@ -513,12 +546,19 @@ class Watch:
             try:
                 if snapshot is not None:
                     caught.target = self._target(snapshot, held)
+                    if self.analyse_while_held:  # for a caller without a prepare hook
+                        for thread in caught.target.threads:
+                            thread.backtrace()
+                        _crash = caught.target.crash
                 if self.prepare is not None:
                     self.prepare(caught)
             except BaseException as error:  # handed to the caller
                 failure.append(error)
 
-        if not isinstance(backend, PtraceBackend) or not self._can_handle_signals():
+        if snapshot is None and (self.prepare is None or caught.prepared):
+            return
+        caught.prepared = True
+        if not serve or not isinstance(backend, PtraceBackend) or not self._can_handle_signals():
             work()
         else:
             self._serve_while(backend, work)
@@ -575,6 +615,12 @@ class Watch:
         first = held.hit.tid
         others = {hit.tid for hit in held.also}
         target.threads.sort(key=lambda t: (t.tid != first, t.tid not in others))
+        if isinstance(self.event, CrashEvent) and held.hit.siginfo is not None:
+            # Caught at its fatal signal: the thread is the crashing one, as in a core.
+            thread = target.threads[0]
+            thread.crashed = True
+            thread.signal = held.hit.signal
+            thread.siginfo = held.hit.siginfo
         return target
 
     def _gcore(

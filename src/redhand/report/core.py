@@ -76,13 +76,16 @@ def _process_lines(target: Target, style: Style) -> list[str]:
     core_path = getattr(target, "core_path", None)
     compression = getattr(target, "compression", None)
     count = len(target.threads)
-    title = f"core of process {target.pid}"
+    live = target.source == "live"  # redhand run: the process caught at its fatal signal
+    title = f"{'process' if live else 'core of process'} {target.pid}"
     if target.exe:
         title += f" ({target.exe})"
     title += f", {count:,} thread{'s' if count != 1 else ''}"
     lines = [style(title, "bold")]
     if core_path:
         lines.append(f"core file: {core_path}" + (f" ({compression})" if compression else ""))
+    if live and target.cmdline:
+        lines.append(f"command: {' '.join(target.cmdline)}")
     if process is not None:
         command = process.psargs
         if process.psargs_truncated:
