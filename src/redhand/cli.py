@@ -957,6 +957,7 @@ def run_run(args: Arguments) -> int:
     from redhand.capture.watch import Caught
     from redhand.report.run import (
         exit_json,
+        render_delivery,
         render_end,
         render_guard_header,
         render_report_text,
@@ -999,7 +1000,7 @@ def run_run(args: Arguments) -> int:
     for caught in guard:
         if caught.rendered:
             sys.stdout.write(caught.rendered)
-            sys.stdout.flush()
+            render_delivery(caught, sys.stdout)
     if guard.exec_error:
         print(f"redhand: cannot run {args.command_argv[0]}: {guard.exec_error}", file=sys.stderr)
         return 126

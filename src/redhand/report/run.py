@@ -21,7 +21,14 @@ from redhand.report.core import build_core_report, core_json, render_core_text
 from redhand.report.stack import build_stack_report, render_stack_text, stack_json
 from redhand.report.style import Style
 
-__all__ = ["exit_json", "render_end", "render_guard_header", "render_report_text", "report_json"]
+__all__ = [
+    "exit_json",
+    "render_delivery",
+    "render_end",
+    "render_guard_header",
+    "render_report_text",
+    "report_json",
+]
 
 
 def render_guard_header(guard: Run, stream: TextIO, style: Style | None = None) -> None:
@@ -66,12 +73,17 @@ def render_report_text(
             continue
         mark = "" if result.ok else style("failed: ", "red")
         write(f"{result.action.kind.value}: {mark}{result.summary}\n")
+    stream.flush()
+
+
+def render_delivery(caught: Caught, stream: TextIO) -> None:
+    """After a report: how long the process was held, and that its signal goes on."""
     if caught.kind != "timeout" and caught.hit.signal is not None:
-        write(
+        stream.write(
             f"\nthe process was held {caught.paused_ns / 1e6:.1f} ms; "
             f"{caught.hit.signal_name} is delivered now, as without redhand\n"
         )
-    write("\n")
+    stream.write("\n")
     stream.flush()
 
 
