@@ -381,3 +381,31 @@ def test_python_api_returns_the_reports_and_the_status(build_dir: Path, tmp_path
     crash = report.target.crash
     assert crash is not None and crash.kind == "assertion"
     assert "answer == 42" in crash.explanation
+
+
+PIPE_WRITER = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void)
+{
+	int ends[2];
+	pipe(ends);
+	close(ends[0]);
+	write(ends[1], "x", 1);  /* SIGPIPE: the default kills */
+	return 0;
+}
+"""
+
+
+def test_the_program_gets_the_signal_dispositions_it_would_have_without_redhand(
+    tmp_path: Path,
+) -> None:
+    """Python ignores SIGPIPE; the program redhand launches must not inherit that."""
+    exe = compile_c(PIPE_WRITER, tmp_path, ["-g"])
+    bare = subprocess.run([str(exe)], timeout=TIMEOUT, check=False)
+    assert bare.returncode == -signal.SIGPIPE
+    result = redhand("run", "--json", "--", str(exe), cwd=tmp_path)
+    assert result.returncode == 128 + signal.SIGPIPE, result.stderr
+    document = json.loads(result.stdout.splitlines()[-1])
+    assert document["crash"]["signal"] == signal.SIGPIPE
+    assert document["timing"]["paused_ns"] > 0

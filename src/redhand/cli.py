@@ -984,11 +984,15 @@ def run_run(args: Arguments) -> int:
     group = not args.no_group
     style = Style.for_stream(sys.stdout)
     documents: list[dict[str, object]] = []
+    document_of: dict[int, dict[str, object]] = {}
 
     def prepare(caught: Caught) -> None:
-        # Rendered while the program runs on (or dies, as its signal says).
+        # Rendered while the process is held (it is about to die): the time it was held
+        # is known only after, and put in below.
         if args.json:
-            documents.append(report_json(caught, max_frames=args.max_frames, group=group))
+            document = report_json(caught, max_frames=args.max_frames, group=group)
+            documents.append(document)
+            document_of[id(caught)] = document
             return
         out = io.StringIO()
         render_report_text(
@@ -998,6 +1002,9 @@ def run_run(args: Arguments) -> int:
 
     guard.prepare = prepare
     for caught in guard:
+        held = document_of.pop(id(caught), None)
+        if held is not None:
+            held["timing"] = {"stopped_ns": caught.stopped_ns, "paused_ns": caught.paused_ns}
         if caught.rendered:
             sys.stdout.write(caught.rendered)
             render_delivery(caught, sys.stdout)

@@ -70,6 +70,8 @@ _SYSCALL_INFO_SIZE = 88
 _RVAL = struct.Struct("<q")
 _OP_AND_RVAL = struct.Struct("<B23xq")  # ptrace_syscall_info: op, then the exit's rval at 24
 _SETTLE_SECONDS = 2.0
+# Signals redhand itself sends in a hand-off (SIGSTOP, SIGCONT), and the job-control stops.
+_BOOKKEEPING_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGCONT, *_STOP_SIGNALS})
 
 # seccomp (linux/seccomp.h, linux/audit.h, linux/filter.h)
 _PR_SET_NO_NEW_PRIVS = 38
@@ -118,6 +120,21 @@ def seccomp_filter(numbers: Sequence[int]) -> bytes:
         return b"".join(body)
     body.append(insn(_BPF_RET_K, 0, 0, _SECCOMP_RET_TRACE))
     return b"".join(body)
+
+
+def _restore_signals(keep_ignored: frozenset[int]) -> None:
+    """In the launched child, before exec: the signal state the program would have had.
+
+    Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored
+    across exec: a program writing to a closed pipe would get EPIPE instead of
+    dying of SIGPIPE.  redhand's own handlers are reset by exec; the signals
+    its caller ignored stay ignored; nothing stays blocked.
+    """
+    for default in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(default, signal.SIG_DFL)
+    for ignored in keep_ignored:
+        signal.signal(ignored, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 class _SockFprog(ctypes.Structure):
@@ -191,6 +208,8 @@ class PtraceBackend:
         self.restore: dict[int, bytes] = {}  # tid -> siginfo of a signal delivered again
         self.own_signal: dict[int, int] = {}  # tid -> a signal redhand sent it (abort)
         self.exec_error: bytes = b""
+        # Signals redhand's caller ignored (nohup): a launched program ignores them too.
+        self.keep_ignored: frozenset[int] = frozenset()
         self._error_pipe: int | None = None
         self._info = ctypes.create_string_buffer(_SYSCALL_INFO_SIZE)
         self._info_address = ctypes.addressof(self._info)
@@ -249,6 +268,7 @@ class PtraceBackend:
                 os.close(error_read)
                 if os.read(go_read, 1) != b"g":
                     os._exit(127)
+                _restore_signals(self.keep_ignored)
                 if seccomp is not None:
                     _install_filter(seccomp)
                 os.execv(path, argv)
@@ -358,6 +378,8 @@ class PtraceBackend:
         info, info_address, unpack_exit = self._info, self._info_address, _OP_AND_RVAL.unpack_from
         info_request, cont_request = ptrace.PTRACE_GET_SYSCALL_INFO, ptrace.PTRACE_CONT
         exit_op = ptrace.PTRACE_SYSCALL_INFO_EXIT
+        quick_signals = self.mode is Mode.SIGNALS
+        tgid_of, wanted = self.tgid_of, self._wanted
         while True:
             if self.pending:
                 tid, value = self.pending.popleft()
@@ -379,6 +401,20 @@ class PtraceBackend:
                 if value == seccomp_status:  # the hot path: on to the exit stop
                     ptrace_call(syscall_request, tid, None, None)
                     continue
+                if (value & 0xFFFF00FF) == 0x7F and quick_signals:
+                    # A signal-delivery stop (no event) of a signal nobody waits for: pass it.
+                    sig = (value >> 8) & 0xFF
+                    tgid = tgid_of.get(tid)
+                    if (
+                        tgid is not None
+                        and sig != _SYSCALL_TRAP
+                        and sig not in _BOOKKEEPING_SIGNALS
+                        and not self.restore
+                        and not self.own_signal
+                        and not (self.acting and wanted(tgid, sig))
+                    ):
+                        ptrace_call(cont_request, tid, None, sig)
+                        continue
                 if (
                     quick
                     and value == exit_status

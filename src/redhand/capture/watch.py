@@ -40,8 +40,7 @@ from dataclasses import dataclass, field
 from redhand.capture.events import CrashEvent, SignalEvent, SyscallEvent, parse_event
 from redhand.capture.guard import Guard
 from redhand.capture.hits import Hit
-from redhand.errors import Interrupted, ProcessError, RedhandError
-from redhand.proc import procfs
+from redhand.errors import Interrupted, RedhandError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -247,6 +246,7 @@ class Watch:
         self.backend_description = ""
         self._requested_backend = backend
         self._backend: BpfBackend | PtraceBackend | None = None
+        self._closed_backend: BpfBackend | PtraceBackend | None = None  # for the exit status
         self._guard: Guard | None = None
         self._signalled: int | None = None
         self._forwarded = False
@@ -352,6 +352,11 @@ class Watch:
         backend = self._make_backend(self._guard)
         self._backend = backend
         if isinstance(backend, PtraceBackend):
+            backend.keep_ignored = frozenset(
+                signo
+                for signo, handler in self._previous_handlers.items()
+                if handler is signal.SIG_IGN
+            )
             backend.start()
         self.backend_name = backend.name
         self.backend_description = backend.description
@@ -727,8 +732,6 @@ class Watch:
                 self._guard.close()
                 self._guard = None
 
-    _closed_backend: BpfBackend | PtraceBackend | None = None
-
     def __enter__(self) -> Watch:
         return self
 
@@ -785,10 +788,3 @@ def _run_command(
                 child.wait()
             return ActionResult(action, False, f"{text} ended early: {why}")
     return ActionResult(action, code == 0, f"{text} exited with {code}", exit_code=code)
-
-
-def thread_name(pid: int, tid: int) -> str:
-    try:
-        return procfs.thread_name(pid, tid)
-    except ProcessError:
-        return "?"
