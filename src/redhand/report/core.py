@@ -23,6 +23,7 @@ from redhand.target.target import DEFAULT_MAX_FRAMES, Target, Thread
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from redhand.analysis.crash import Crash
+    from redhand.analysis.environment import HostFacts, ProgramFacts
 
 # The registers worth a line, in the order people read them.
 _REGISTER_ROWS = (
@@ -41,6 +42,27 @@ class CoreReport:
         self.target = target
         self.crash = crash
         self.stacks = stacks
+        self._program: ProgramFacts | None = None
+        self._host: HostFacts | None = None
+
+    @property
+    def program(self) -> ProgramFacts:
+        """What is unusual about the program (worked out on first use)."""
+        if self._program is None:
+            from redhand.analysis.environment import program_facts
+
+            self._program = program_facts(self.target)
+        return self._program
+
+    @property
+    def host(self) -> HostFacts:
+        """The host: the live process's, or for a core this machine's (which may differ)."""
+        if self._host is None:
+            from redhand.analysis.environment import host_facts
+
+            live = self.target.source == "live"
+            self._host = host_facts(self.target.pid if live else None, this_machine=live)
+        return self._host
 
     @property
     def crashed_thread(self) -> Thread | None:
@@ -121,6 +143,20 @@ def _crash_lines(report: CoreReport, style: Style) -> list[str]:
     return lines
 
 
+def _environment_lines(report: CoreReport, style: Style) -> list[str]:
+    """The program and the host, and what is unusual about the program, with evidence."""
+    from redhand.analysis.environment import host_summary, summary
+
+    program = report.program
+    lines = ["", f"{style('program:', 'bold')} {summary(program)}"]
+    for fact in program.unusual:
+        lines.append(f"  {fact.what} ({fact.evidence})")
+    host = report.host
+    whose = "" if host.this_machine else " (this machine's: the core may come from another)"
+    lines.append(f"{style('host:', 'bold')} {host_summary(host)}{whose}")
+    return lines
+
+
 def _register_lines(thread: Thread, style: Style) -> list[str]:
     registers = thread.registers
     if registers is None:
@@ -141,6 +177,8 @@ def render_core_text(report: CoreReport, stream: TextIO, style: Style | None = N
         write(line + "\n")
     write("\n")
     for line in _crash_lines(report, style):
+        write(line + "\n")
+    for line in _environment_lines(report, style):
         write(line + "\n")
     for warning in target.warnings:
         write(style(f"warning: {warning}", "red") + "\n")
@@ -193,6 +231,8 @@ def core_json(report: CoreReport) -> dict[str, object]:
             for mapping in target.mappings
         ],
         "modules": modules_json(target),
+        "program": report.program.to_json(),
+        "host": report.host.to_json(),
         "warnings": list(target.warnings),
     }
 

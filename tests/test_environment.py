@@ -1,0 +1,181 @@
+"""What is unusual about the program and the host, in crash reports: checked against the
+program's own build and against /proc and /sys read here, independently."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import compile_c, kernel_writes_cores_here, unlimited_core
+
+TIMEOUT = 120.0
+
+NULL_WRITE = r"""
+#include <stdio.h>
+__attribute__((noinline)) static void set(volatile int *p) { *p = 1; }
+int main(void) { puts("start"); set((volatile int *)0); return 0; }
+"""
+
+# Code copied into anonymous executable memory and run there: `mov dword [0], 42`; and a
+# section both writable and executable, which the linker puts in an RWX segment.
+ANONYMOUS_CODE = r"""
+#include <string.h>
+#include <sys/mman.h>
+__asm__(".section .rwx,\"awx\",@progbits\n.byte 0xc3\n.previous");
+int main(void)
+{
+	static const unsigned char code[] = {0xc7, 0x04, 0x25, 0, 0, 0, 0, 42, 0, 0, 0, 0xc3};
+	void *page = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	memcpy(page, code, sizeof code);
+	((void (*)(void))page)();
+	return 0;
+}
+"""
+
+VSYSCALL = r"""
+int main(void) { ((long (*)(long *))0xffffffffff600001UL)(0); return 0; }
+"""
+
+SECCOMP_TRAP = r"""
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void)
+{
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_getppid, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog program = {sizeof filter / sizeof filter[0], filter};
+	prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+	prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program);
+	syscall(SYS_getppid);
+	return 0;
+}
+"""
+
+
+def redhand(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "redhand", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=unlimited_core,
+    )
+
+
+def run_report(exe: Path, folder: Path) -> dict[str, object]:
+    """``redhand run --json`` of a program that crashes: the live report."""
+    result = redhand("run", "--json", "--", str(exe), cwd=folder)
+    assert result.returncode > 128, result.stderr
+    document: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+    return document
+
+
+def keys(document: dict[str, object]) -> set[str]:
+    return {fact["key"] for fact in document["program"]["unusual"]}  # type: ignore[index]
+
+
+def glibc_version() -> str:
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.gnu_get_libc_version.restype = ctypes.c_char_p
+    return str(libc.gnu_get_libc_version().decode())
+
+
+def test_a_static_executable(tmp_path: Path) -> None:
+    exe = compile_c(NULL_WRITE, tmp_path, ["-O1", "-g", "-static"])
+    document = run_report(exe, tmp_path)
+    program = document["program"]
+    assert program["static"] is True and program["pie"] is False  # type: ignore[index]
+    assert program["interpreter"] is None  # type: ignore[index]
+    assert "glibc" in program["libc"] and "linked in" in program["libc"]  # type: ignore[index]
+    assert "static" in keys(document)
+    if kernel_writes_cores_here():  # the same from the kernel's core
+        (core,) = [p for p in tmp_path.iterdir() if p.name.startswith("core")]
+        from_core = json.loads(redhand("core", "--json", str(core), "--exe", str(exe)).stdout)
+        assert from_core["program"]["static"] is True
+        assert from_core["host"]["this_machine"] is False
+
+
+def test_a_dynamic_executable_and_its_libc(tmp_path: Path) -> None:
+    exe = compile_c(NULL_WRITE, tmp_path, ["-O1", "-g"])
+    document = run_report(exe, tmp_path)
+    program = document["program"]
+    assert program["static"] is False and program["pie"] is True  # type: ignore[index]
+    interpreter = subprocess.run(
+        ["readelf", "-l", str(exe)], capture_output=True, text=True, check=True
+    ).stdout
+    assert program["interpreter"] in interpreter  # type: ignore[index]
+    assert program["libc"].startswith(f"glibc {glibc_version()}, loaded from ")  # type: ignore[index]
+    assert not keys(document)
+
+
+def test_a_crash_in_anonymous_code_in_a_writable_executable_segment(tmp_path: Path) -> None:
+    exe = compile_c(ANONYMOUS_CODE, tmp_path, ["-O1", "-g"])
+    document = run_report(exe, tmp_path)
+    assert {"anonymous-code", "writable-executable"} <= keys(document)
+
+
+def test_a_jump_into_the_vsyscall_page(tmp_path: Path) -> None:
+    exe = compile_c(VSYSCALL, tmp_path, ["-O1", "-g"])
+    document = run_report(exe, tmp_path)
+    assert "vsyscall" in keys(document)
+    (fact,) = [f for f in document["program"]["unusual"] if f["key"] == "vsyscall"]  # type: ignore[index]
+    mapped = "[vsyscall]" in Path("/proc/self/maps").read_text()
+    assert ("vsyscall=none" in fact["evidence"]) is not mapped
+
+
+def test_sigsys_from_a_seccomp_filter(tmp_path: Path) -> None:
+    exe = compile_c(SECCOMP_TRAP, tmp_path, ["-O1", "-g"])
+    document = run_report(exe, tmp_path)
+    assert document["crash"]["signal"] == signal.SIGSYS  # type: ignore[index]
+    (fact,) = [f for f in document["program"]["unusual"] if f["key"] == "seccomp"]  # type: ignore[index]
+    assert "refused getppid()" in fact["what"]
+    assert "seccomp mode: filter" in fact["evidence"]
+
+
+def test_the_host_as_proc_and_sys_say(tmp_path: Path) -> None:
+    exe = compile_c(NULL_WRITE, tmp_path, ["-O1", "-g"])
+    host = run_report(exe, tmp_path)["host"]
+    assert host["kernel"] == os.uname().release  # type: ignore[index]
+    assert host["this_machine"] is True  # type: ignore[index]
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    flags = next(line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags"))
+    assert host["cpu_model"] == model and host["cpu_flags"] == flags  # type: ignore[index]
+    aslr = int(Path("/proc/sys/kernel/randomize_va_space").read_text())
+    assert host["aslr"] == aslr  # type: ignore[index]
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    assert host["core_pattern"] == pattern  # type: ignore[index]
+    assert host["core_limit"] == "unlimited"  # type: ignore[index]  # set in the child
+    hypervisor_type = Path("/sys/hypervisor/type")
+    if hypervisor_type.exists() and hypervisor_type.read_text().strip():
+        assert host["hypervisor"].lower() == hypervisor_type.read_text().strip()  # type: ignore[index,union-attr]
+    elif "hypervisor" in flags:
+        assert host["hypervisor"] not in (None, "none")  # type: ignore[index]
+    else:
+        assert host["hypervisor"] in ("none", None) or "DMI" in str(host["hypervisor_evidence"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kind", ["text"])
+def test_the_text_report_has_both_sections(tmp_path: Path, kind: str) -> None:
+    exe = compile_c(NULL_WRITE, tmp_path, ["-O1", "-g", "-static"])
+    result = redhand("run", "--", str(exe), cwd=tmp_path)
+    assert "program: static executable, not PIE" in result.stdout
+    assert f"host: kernel {os.uname().release}" in result.stdout
+    assert "None" not in result.stdout and "nan" not in result.stdout
