@@ -30,7 +30,8 @@ __asm__(".section .rwx,\"awx\",@progbits\n.byte 0xc3\n.previous");
 int main(void)
 {
 	static const unsigned char code[] = {0xc7, 0x04, 0x25, 0, 0, 0, 0, 42, 0, 0, 0, 0xc3};
-	void *page = mmap(0, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int rwx = PROT_READ | PROT_WRITE | PROT_EXEC;
+	void *page = mmap(0, 4096, rwx, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	memcpy(page, code, sizeof code);
 	((void (*)(void))page)();
 	return 0;
