@@ -52,7 +52,7 @@ exit codes:
   7    the process is a zombie
   8    the process exited during the capture
   9    the process could not be captured for another reason
-  10   a file is not a usable ELF file
+  10   a file is not a usable ELF file, or a core holds no thread
   11   a file was not found
   12   memory could not be read
   13   an output file could not be written (nothing was left behind)
@@ -825,6 +825,16 @@ def run_core(args: Arguments) -> int:
             inline=not args.no_inline,
         ) as target,
     ):
+        if not target.threads:
+            # Nothing to report: say why in one line, rather than a report of "0 threads".
+            from redhand.errors import ElfError
+
+            reasons = [w for w in target.warnings if "note" in w.lower() or "PT_NOTE" in w]
+            raise ElfError(
+                args.core,
+                "the core holds no thread, so there is no crash to report",
+                hint=reasons[0] if reasons else "its NT_PRSTATUS notes are missing or unreadable",
+            )
         report = build_core_report(
             target,
             group=not args.no_group,

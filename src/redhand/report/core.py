@@ -99,7 +99,8 @@ def _process_lines(target: Target, style: Style) -> list[str]:
     compression = getattr(target, "compression", None)
     count = len(target.threads)
     live = target.source == "live"  # redhand run: the process caught at its fatal signal
-    title = f"{'process' if live else 'core of process'} {target.pid}"
+    who = f"process {target.pid}" if target.pid is not None else "a process of unknown pid"
+    title = who if live else f"core of {who}"
     if target.exe:
         title += f" ({target.exe})"
     title += f", {count:,} thread{'s' if count != 1 else ''}"
