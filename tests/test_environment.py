@@ -180,3 +180,59 @@ def test_the_text_report_has_both_sections(tmp_path: Path, kind: str) -> None:
     assert "program: static executable, not PIE" in result.stdout
     assert f"host: kernel {os.uname().release}" in result.stdout
     assert "None" not in result.stdout and "nan" not in result.stdout
+
+
+def cpu_flags() -> list[str]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    return next(line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags"))
+
+
+# Instructions of extensions a CPU may lack, by the feature iced-x86 names and the cpuinfo flag.
+MISSING_CANDIDATES = [
+    ("AVX512F", "avx512f", "0x62, 0xf1, 0xfd, 0x48, 0xef, 0xc0"),  # vpxorq zmm0, zmm0, zmm0
+    ("AMX_TILE", "amx_tile", "0xc4, 0xe2, 0x78, 0x49, 0xc0"),  # tilerelease
+]
+
+
+def test_an_illegal_instruction_names_the_extension_the_cpu_lacks(tmp_path: Path) -> None:
+    flags = set(cpu_flags())
+    missing = [c for c in MISSING_CANDIDATES if c[1] not in flags]
+    if not missing:
+        pytest.skip("this CPU has AVX-512F and AMX: no instruction it lacks to try")
+    feature, _flag, code = missing[0]
+    source = f"""
+    #include <string.h>
+    #include <sys/mman.h>
+    __attribute__((noinline)) static void run(void)
+    {{
+        __asm__ volatile(".byte {code}");
+    }}
+    int main(void) {{ run(); return 0; }}
+    """
+    exe = compile_c(source, tmp_path, ["-O1", "-g"])
+    document = run_report(exe, tmp_path)
+    assert document["crash"]["signal"] == signal.SIGILL  # type: ignore[index]
+    instructions = document["instructions"]
+    assert instructions["missing"] == [feature]  # type: ignore[index]
+    assert "which this CPU does not have" in instructions["explanation"]  # type: ignore[index]
+    (crash_line,) = [line for line in instructions["lines"] if line["crash"]]  # type: ignore[index]
+    assert crash_line["text"].split()[0] in ("vpxorq", "tilerelease")
+    text = redhand("run", "--", str(exe), cwd=tmp_path).stdout
+    assert f"needs {feature}, which this CPU does not have" in text
+
+
+def test_the_instructions_before_the_crash(tmp_path: Path) -> None:
+    exe = compile_c(NULL_WRITE, tmp_path, ["-O1", "-g"])
+    document = run_report(exe, tmp_path)
+    lines = document["instructions"]["lines"]  # type: ignore[index]
+    assert lines[-1]["crash"] and "mov" in lines[-1]["text"]
+    assert len(lines) >= 2
+    objdump = subprocess.run(
+        ["objdump", "-d", "--no-show-raw-insn", "-M", "intel", str(exe)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # The crash instruction as objdump prints it: set's store through its argument.
+    assert lines[-1]["text"].replace(" ", "") == "movdwordptr[rdi],1"
+    assert "DWORD PTR [rdi],0x1" in objdump

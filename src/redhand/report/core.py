@@ -24,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from redhand.analysis.crash import Crash
     from redhand.analysis.environment import HostFacts, ProgramFacts
+    from redhand.analysis.instructions import CrashInstructions
 
 # The registers worth a line, in the order people read them.
 _REGISTER_ROWS = (
@@ -44,6 +45,8 @@ class CoreReport:
         self.stacks = stacks
         self._program: ProgramFacts | None = None
         self._host: HostFacts | None = None
+        self._instructions: CrashInstructions | None = None
+        self._instructions_done = False
 
     @property
     def program(self) -> ProgramFacts:
@@ -53,6 +56,16 @@ class CoreReport:
 
             self._program = program_facts(self.target)
         return self._program
+
+    @property
+    def instructions(self) -> CrashInstructions | None:
+        """The instruction at the crash and a few before it (None without a crash)."""
+        if not self._instructions_done:
+            from redhand.analysis.instructions import crash_instructions
+
+            self._instructions_done = True
+            self._instructions = crash_instructions(self.target, self.host.cpu_flags)
+        return self._instructions
 
     @property
     def host(self) -> HostFacts:
@@ -155,6 +168,15 @@ def _environment_lines(report: CoreReport, style: Style) -> list[str]:
     host = report.host
     whose = "" if host.this_machine else " (this machine's: the core may come from another)"
     lines.append(f"{style('host:', 'bold')} {host_summary(host)}{whose}")
+    instructions = report.instructions
+    if instructions is not None and instructions.lines:
+        lines.append(style("instructions at the crash:", "bold"))
+        for address, text, at_crash in instructions.lines:
+            lines.append(f"{'=>' if at_crash else '  '} {address:#018x}  {text}")
+        if instructions.needs:
+            lines.append(f"   (needs {', '.join(instructions.needs)})")
+        if instructions.explanation:
+            lines.append(style(instructions.explanation, "bold"))
     return lines
 
 
@@ -233,6 +255,7 @@ def core_json(report: CoreReport) -> dict[str, object]:
         ],
         "modules": modules_json(target),
         "program": report.program.to_json(),
+        "instructions": report.instructions.to_json() if report.instructions else None,
         "host": report.host.to_json(),
         "warnings": list(target.warnings),
     }
