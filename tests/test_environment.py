@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -236,3 +237,22 @@ def test_the_instructions_before_the_crash(tmp_path: Path) -> None:
     # The crash instruction as objdump prints it: set's store through its argument.
     assert lines[-1]["text"].replace(" ", "") == "movdwordptr[rdi],1"
     assert "DWORD PTR [rdi],0x1" in objdump
+
+
+def test_upx_marks_and_no_section_headers_are_reported(tmp_path: Path) -> None:
+    """A static executable doctored as UPX leaves it (its marks at the end, no section
+    headers): upx itself is not in this Debian release, so the marks are put in by hand."""
+    exe = compile_c(NULL_WRITE, tmp_path, ["-O1", "-g", "-static"])
+    data = bytearray(exe.read_bytes())
+    struct.pack_into("<Q", data, 0x28, 0)  # e_shoff
+    struct.pack_into("<HHH", data, 0x3A, 0, 0, 0)  # e_shentsize, e_shnum, e_shstrndx
+    data += b"\0" * 16 + b"UPX!" + b"\0" * 28
+    doctored = tmp_path / "packed"
+    doctored.write_bytes(bytes(data))
+    doctored.chmod(0o755)
+    document = run_report(doctored, tmp_path)
+    program = document["program"]
+    assert program["packer"] == "UPX"  # type: ignore[index]
+    (fact,) = [f for f in program["unusual"] if f["key"] == "packed"]  # type: ignore[index]
+    assert "'UPX!' marks in its end" in fact["evidence"]
+    assert "no section headers" in fact["evidence"]
