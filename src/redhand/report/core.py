@@ -157,17 +157,35 @@ def _crash_lines(report: CoreReport, style: Style) -> list[str]:
     return lines
 
 
+_WRAP = 100
+
+
 def _environment_lines(report: CoreReport, style: Style) -> list[str]:
     """The program and the host, and what is unusual about the program, with evidence."""
+    import textwrap
+
     from redhand.analysis.environment import host_summary, summary
 
+    def wrapped(label: str, text: str, indent: str = "") -> list[str]:
+        # Long facts are folded at 100 columns, the rest of a point indented under it.
+        first, *rest = textwrap.wrap(
+            f"{label}{text}",
+            _WRAP,
+            initial_indent=indent,
+            subsequent_indent=indent + "    ",
+            break_on_hyphens=False,
+        ) or [indent + label]
+        if label:
+            first = first.replace(label, style(label, "bold"), 1)
+        return [first, *rest]
+
     program = report.program
-    lines = ["", f"{style('program:', 'bold')} {summary(program)}"]
+    lines = ["", *wrapped("program: ", summary(program))]
     for fact in program.unusual:
-        lines.append(f"  {fact.what} ({fact.evidence})")
+        lines.extend(wrapped("", f"{fact.what} ({fact.evidence})", "  "))
     host = report.host
     whose = "" if host.this_machine else " (this machine's: the core may come from another)"
-    lines.append(f"{style('host:', 'bold')} {host_summary(host)}{whose}")
+    lines.extend(wrapped("host: ", f"{host_summary(host)}{whose}"))
     instructions = report.instructions
     if instructions is not None and instructions.lines:
         lines.append(style("instructions at the crash:", "bold"))
