@@ -104,7 +104,8 @@ def test_constants_behave_like_enum_members() -> None:
     assert RuleKind(2) is RuleKind.OFFSET
     with pytest.raises(ValueError, match="not a valid Trust"):
         Trust("bogus")
-    assert list(Trust) == [Trust.CONTEXT, Trust.CFI, Trust.FP, Trust.SCAN] and len(Trust) == 4
+    assert list(Trust) == [Trust.CONTEXT, Trust.CFI, Trust.FP, Trust.SCAN, Trust.INFERRED]
+    assert len(Trust) == 5
     assert Trust.CFI == "cfi" and f"{Trust.CFI}" == "cfi" and str(RuleKind.OFFSET) == "2"
     assert Trust.CFI.name == "CFI" and Trust.CFI.value == "cfi" and type(Trust.CFI.value) is str
     assert repr(EndReason.BAD_PC) == "<EndReason.BAD_PC: 'bad-pc'>"

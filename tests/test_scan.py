@@ -70,15 +70,18 @@ def _check_smashed(trace: redhand.Backtrace, damaged_index: int) -> None:
         f"frame {damaged_index}'s return address {SMASHED_WORD:#x} is not code: "
         "the stack above it was probably overwritten"
     ) in trace.end_detail, trace.end_detail
-    recovered = trace[damaged_index + 1]
+    # middle's return address was the overwritten word: nothing on the stack names it,
+    # but outer's call to it, just before the return address the scan found, does.
+    inferred = trace[damaged_index + 1]
+    assert inferred.function == "middle" and inferred.trust is Trust.INFERRED, str(trace)
+    assert inferred.called_from is not None and inferred.called_from.startswith("outer+0x")
+    recovered = trace[damaged_index + 2]
     assert recovered.function == "outer" and recovered.trust is Trust.SCAN, str(trace)
     # Unwinding goes on from the scanned frame: main (by CFI from outer's
     # frame) and the thread's first frame.
-    assert names[damaged_index + 2] == "main", names
+    assert names[damaged_index + 3] == "main", names
     assert names[-1] == "_start", names
     assert "reached the thread's first frame" in trace.end_detail
-    # middle's pc was the overwritten word: nothing on the stack names it.
-    assert "middle" not in names
 
 
 def test_smashed_live(smashed: Path) -> None:
@@ -233,9 +236,11 @@ def test_scan_stack_live(smashed: Path) -> None:
         thread = target.thread(program.tids["main"])
         entries = scan_stack(target, thread)
         _check_scan(target, entries)
-        # Every frame of the backtrace but the first is an accepted word.
+        # Every frame of the backtrace but the first is an accepted word (but an inferred
+        # frame: the start of the function a scanned frame's call entered).
         accepted = {entry.value for entry in entries if entry.accepted}
-        assert {frame.pc for frame in thread.backtrace()[1:]} <= accepted
+        found = [f for f in thread.backtrace()[1:] if f.trust is not Trust.INFERRED]
+        assert {frame.pc for frame in found} <= accepted
         assert scan_stack(target, thread, words=4) == [
             e for e in entries if e.address < thread.registers.rsp + 32
         ]  # type: ignore[union-attr]

@@ -356,6 +356,8 @@ def format_frame(frame: Frame, style: Style, innermost: bool = False) -> str:
         notes.append("nearest symbol")
     if frame.trust in (Trust.FP, Trust.SCAN):
         notes.append(f"found by {'frame pointer' if frame.trust is Trust.FP else 'scanning'}")
+    elif frame.trust is Trust.INFERRED:
+        notes.append(f"inferred from the call at {frame.called_from}")
     if frame.trampoline:
         notes.append("signal handler called")
     elif frame.signal_frame and frame.index > 0 and not innermost:

@@ -261,6 +261,9 @@ class Trust(Constant, str):
     CFI: ClassVar[Trust]  # DWARF call-frame information
     FP: ClassVar[Trust]  # the frame-pointer chain
     SCAN: ClassVar[Trust]  # a plausible return address found by scanning the stack
+    # the target of the direct call before a scanned frame's return address: the function
+    # that call entered, whose own frame (and return address) was destroyed
+    INFERRED: ClassVar[Trust]
 
 
 define(
@@ -269,6 +272,7 @@ define(
     CFI="cfi",
     FP="fp",
     SCAN="scan",
+    INFERRED="inferred",
 )
 
 
@@ -321,6 +325,7 @@ class Frame(Value):
 
     __slots__ = (
         "_build_id",
+        "_called_from",
         "_column",
         "_exact",
         "_file",
@@ -352,10 +357,12 @@ class Frame(Value):
         "exact",
         "signal_frame",
         "trampoline",
+        "called_from",
     )
     __match_args__ = (
         "index", "pc", "sp", "trust", "function", "offset", "module", "build_id",
         "file", "line", "column", "inlined", "exact", "signal_frame", "trampoline",
+        "called_from",
     )  # fmt: skip
 
     index: int
@@ -373,6 +380,8 @@ class Frame(Value):
     exact: bool
     signal_frame: bool
     trampoline: bool
+    called_from: str | None
+    """An inferred frame's call site (``main+0x4a``): the direct call that entered it."""
 
     def __init__(
         self,
@@ -391,6 +400,7 @@ class Frame(Value):
         exact: bool = True,
         signal_frame: bool = False,
         trampoline: bool = False,
+        called_from: str | None = None,
     ) -> None:
         self._index = index
         self._pc = pc
@@ -407,6 +417,13 @@ class Frame(Value):
         self._exact = exact
         self._signal_frame = signal_frame
         self._trampoline = trampoline
+        self._called_from = called_from
+
+    def renumbered(self, index: int) -> Frame:
+        """The same frame at another place in its trace."""
+        values = [getattr(self, name) for name in self._fields]
+        values[0] = index
+        return Frame(*values)
 
     @property
     def module_name(self) -> str | None:
@@ -449,6 +466,7 @@ class Frame(Value):
             "exact": self.exact,
             "signal_frame": self.signal_frame,
             "trampoline": self.trampoline,
+            "called_from": self.called_from,
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import time
 
+from redhand.errors import RedhandError
 from redhand.symbols.perfmap import PerfMap
 from redhand.target.memory import Memory
 from redhand.target.model import Backtrace, EndReason, Frame, Mapping, Registers, Trust
@@ -197,8 +198,61 @@ class Target:
         frames: list[Frame] = []
         for frame in raw:
             frames += self._frames(frame, len(frames))
+        if any(frame.trust is Trust.SCAN for frame in frames):
+            frames = self._infer_calls(frames)
         self._add_time("symbols", started)
         return Backtrace(frames, end, detail)
+
+    def _infer_calls(self, frames: list[Frame]) -> list[Frame]:
+        """Frames the direct calls before scanned return addresses entered, put back.
+
+        A scanned frame was found by its return address; the instruction before
+        it is the call that was running.  When that is a direct ``call rel32``
+        and the frame below (inner) is not in the function it calls, that
+        function was running too, its own frame destroyed (a smashed stack, a
+        tail call aside): it is shown between them, with trust ``inferred``.
+        """
+        result: list[Frame] = []
+        for frame in frames:
+            if frame.trust is Trust.SCAN and result and not frame.inlined:
+                inferred = self._inferred_callee(frame, result[-1])
+                if inferred is not None:
+                    result.append(inferred)
+            result.append(frame)
+        if len(result) == len(frames):
+            return frames
+        return [frame.renumbered(index) for index, frame in enumerate(result)]
+
+    def _inferred_callee(self, caller: Frame, inner: Frame) -> Frame | None:
+        try:
+            call = self.memory.read(caller.pc - 5, 5)
+        except RedhandError:
+            return None
+        if len(call) != 5 or call[0] != 0xE8:  # not a direct call rel32
+            return None
+        target = (caller.pc + int.from_bytes(call[1:], "little", signed=True)) & (1 << 64) - 1
+        function, offset, module, build_id, exact = self._name(target, target)
+        if function is None or offset or not exact:
+            return None  # not the start of a named function: nothing sure to say
+        if inner.function == function:
+            return None  # the callee's own frame is there
+        where = caller.location()
+        site = (
+            f"{caller.function}+{caller.offset - 5:#x}"
+            if caller.function and caller.offset
+            else where
+        )
+        return Frame(
+            inner.index + 1,
+            target,
+            inner.sp,
+            Trust.INFERRED,
+            function,
+            0,
+            module,
+            build_id,
+            called_from=site,
+        )
 
     def symbolize(self, raw: RawFrame, index: int) -> Frame:
         """Name a raw frame: function, offset, module and build-id."""
