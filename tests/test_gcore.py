@@ -232,6 +232,9 @@ def test_no_signal_no_zombie_and_its_own_children_untouched(
         assert target.state()["reaped"] == 0  # its waitpid(-1) never saw a copy
         os.kill(own, signal.SIGKILL)  # its own child still reaches it
         wait_until(lambda: target.state()["reaped"] == own, "the target to reap its child")
+        # The handler runs in whichever thread takes the signal, maybe after the waiting
+        # thread has reaped the child: wait for it, then say it ran once.
+        wait_until(lambda: target.state()["sigchld"] >= 1, "the target's SIGCHLD handler")
         assert target.state()["sigchld"] == 1
 
 
