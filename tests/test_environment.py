@@ -256,3 +256,36 @@ def test_upx_marks_and_no_section_headers_are_reported(tmp_path: Path) -> None:
     (fact,) = [f for f in program["unusual"] if f["key"] == "packed"]  # type: ignore[index]
     assert "'UPX!' marks in its end" in fact["evidence"]
     assert "no section headers" in fact["evidence"]
+
+
+SYSCALLS_THEN_CRASH = r"""
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void)
+{
+	int fd = open("/nonexistent/redhand-config", O_RDONLY);
+	syscall(999); /* a system call no kernel has: ENOSYS */
+	if (fd < 0) {
+		volatile int *p = 0;
+		*p = 1;
+	}
+	return 0;
+}
+"""
+
+
+def test_the_last_system_calls_before_a_crash_at_startup(tmp_path: Path) -> None:
+    exe = compile_c(SYSCALLS_THEN_CRASH, tmp_path, ["-O1", "-g"])
+    result = redhand("run", "--syscalls", "4", "--json", "--", str(exe), cwd=tmp_path)
+    assert result.returncode == 128 + signal.SIGSEGV, result.stderr
+    document = json.loads(result.stdout.splitlines()[-1])
+    calls = document["syscalls"]
+    assert len(calls) == 4
+    opened, unknown = calls[-2], calls[-1]
+    assert opened["name"] == "openat" and opened["errno_name"] == "ENOENT"
+    assert unknown["number"] == 999 and unknown["errno_name"] == "ENOSYS"
+    text = redhand("run", "--syscalls", "4", "--", str(exe), cwd=tmp_path).stdout
+    assert "the last 4 system calls of thread" in text
+    assert "openat(-100, " in text and "= -1 ENOENT (No such file or directory)" in text
+    assert "a system call this kernel does not have" in text

@@ -531,6 +531,15 @@ def _commands() -> dict[str, Command]:
                     FLAG,
                     "guard the program alone, not its children",
                 ),
+                Option(
+                    ("--syscalls",),
+                    "syscalls",
+                    VALUE,
+                    "show the last N system calls of the crashing thread (stops the program at "
+                    "every system call: for a crash at startup)",
+                    parse=_positive,
+                    metavar="N",
+                ),
                 Option(("--json",), "json", FLAG, "print the JSON document (version 1) at the end"),
                 Option(
                     ("--no-group",),
@@ -988,6 +997,7 @@ def run_run(args: Arguments) -> int:
         kill_signal=args.kill_signal,
         kill_after=args.kill_after,
         follow=not args.no_follow,
+        syscalls=args.syscalls,
         source=args.source,
     )
     guard.on_start = lambda started: render_guard_header(guard, sys.stderr)

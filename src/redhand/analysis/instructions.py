@@ -61,6 +61,10 @@ def _decode(code: bytes, ip: int) -> list[tuple[int, int, str, list[str]]]:
         if not name.startswith("_") and isinstance(value, int)
     }
     formatter = iced_x86.Formatter(iced_x86.FormatterSyntax.INTEL)
+    formatter.hex_prefix = "0x"  # as gdb and objdump write numbers
+    formatter.hex_suffix = ""
+    formatter.uppercase_hex = False
+    formatter.space_after_operand_separator = True
     decoded: list[tuple[int, int, str, list[str]]] = []
     for instruction in iced_x86.Decoder(64, code, ip=ip):
         if instruction.is_invalid:

@@ -9,7 +9,10 @@ from redhand.capture import syscalls
 from redhand.capture.events import MAX_ERRNO, errno_name, errno_text, signed64
 from redhand.target.signals import SignalInfo
 
-__all__ = ["Hit", "SyscallCall", "format_argument"]
+__all__ = ["UNFINISHED", "Hit", "SyscallCall", "format_argument"]
+
+
+UNFINISHED = -(1 << 63)  # the value of a call the thread is still in
 
 
 def format_argument(value: int) -> str:
@@ -17,6 +20,8 @@ def format_argument(value: int) -> str:
     value &= (1 << 64) - 1
     if value >= 1 << 63 and (1 << 64) - value < 1 << 16:
         return str(value - (1 << 64))
+    if (1 << 32) - (1 << 16) <= value < 1 << 32:  # a negative int: AT_FDCWD, -1
+        return str(value - (1 << 32))
     return str(value) if value < 1 << 16 else hex(value)
 
 
@@ -50,9 +55,16 @@ class SyscallCall:
         count = len(names) if names is not None else len(self.arguments)
         return self.arguments[:count]
 
+    @property
+    def finished(self) -> bool:
+        """False for a call the thread is still in (its result is not known)."""
+        return self.value != UNFINISHED
+
     def __str__(self) -> str:
         arguments = ", ".join(format_argument(value) for value in self.shown_arguments())
         text = f"{self.name}({arguments}) = "
+        if not self.finished:
+            return text + "? (the thread is in it)"
         if self.errno is not None:
             return text + f"-1 {self.errno_name} ({errno_text(self.errno)})"
         value = signed64(self.value)
@@ -63,7 +75,7 @@ class SyscallCall:
             "name": self.name,
             "number": self.number,
             "arguments": list(self.shown_arguments()),
-            "return": signed64(self.value),
+            "return": signed64(self.value) if self.finished else None,
             "errno": self.errno,
             "errno_name": self.errno_name,
         }

@@ -62,6 +62,7 @@ class Run(Watch):
         kill_signal: int = signal.SIGTERM,
         kill_after: float | None = DEFAULT_KILL_AFTER,
         follow: bool = True,
+        syscalls: int | None = None,
         stack_bytes: int = 256 << 20,
         debug_dirs: Sequence[str] | None = None,
         source: bool = True,
@@ -87,6 +88,7 @@ class Run(Watch):
         # (the stacks past the copied bytes, an exception's message, glibc's abort message)
         # is read while it is held, and the whole stack of each thread is copied.
         self.analyse_while_held = True
+        self.syscall_history = syscalls
         self.kill_signal = kill_signal
         self.kill_after = kill_after
         self.killed_with: int | None = None  # the signal a timeout ended the program with

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 
 from redhand.capture.events import CrashEvent, SignalEvent, SyscallEvent, signed64
-from redhand.capture.hits import Hit, SyscallCall
+from redhand.capture.hits import UNFINISHED, Hit, SyscallCall
 from redhand.errors import FileNotFound, PermissionDenied, ProcessError, ProcessExited
 from redhand.proc import procfs, ptrace
 from redhand.proc.checks import check_process
@@ -208,6 +208,10 @@ class PtraceBackend:
         self.restore: dict[int, bytes] = {}  # tid -> siginfo of a signal delivered again
         self.own_signal: dict[int, int] = {}  # tid -> a signal redhand sent it (abort)
         self.exec_error: bytes = b""
+        # --syscalls: each thread's last calls (None: not recorded; needs Mode.SYSCALL).
+        self.history: dict[int, collections.deque[SyscallCall]] | None = None
+        self.history_size = 0
+        self._entering: dict[int, tuple[int, tuple[int, ...]]] = {}
         # Signals redhand's caller ignored (nohup): a launched program ignores them too.
         self.keep_ignored: frozenset[int] = frozenset()
         self._error_pipe: int | None = None
@@ -465,6 +469,30 @@ class PtraceBackend:
             return None
         return self._signal_stop(tid, sig)
 
+    def _record(self, tid: int, op: int, raw: bytes) -> None:
+        """``--syscalls``: keep the thread's last calls, each once it has returned."""
+        assert self.history is not None
+        if op == ptrace.PTRACE_SYSCALL_INFO_ENTRY:
+            nr, *arguments = struct.unpack_from("<7Q", raw, 24)
+            self._entering[tid] = (nr, tuple(arguments))
+        elif op == ptrace.PTRACE_SYSCALL_INFO_EXIT:
+            entered = self._entering.pop(tid, None)
+            if entered is not None:
+                calls = self.history.get(tid)
+                if calls is None:
+                    calls = self.history[tid] = collections.deque(maxlen=self.history_size)
+                value = _RVAL.unpack_from(raw, 24)[0]
+                calls.append(SyscallCall(entered[0], entered[1], value))
+
+    def recent_calls(self, tid: int) -> list[SyscallCall]:
+        """The thread's last system calls (with ``--syscalls``), oldest first; the one it
+        is in, if any, last, without a result."""
+        calls = list(self.history.get(tid, ())) if self.history is not None else []
+        entered = self._entering.get(tid)
+        if entered is not None:
+            calls.append(SyscallCall(entered[0], entered[1], UNFINISHED))
+        return calls
+
     def _syscall_stop(self, tid: int) -> Hit | None:
         if (
             ptrace.raw_ptrace(
@@ -477,6 +505,8 @@ class PtraceBackend:
         raw = self._info.raw
         op = raw[0]
         event = self.event
+        if self.history is not None:
+            self._record(tid, op, raw)
         if op == ptrace.PTRACE_SYSCALL_INFO_ENTRY:
             nr = struct.unpack_from("<Q", raw, 24)[0]
             if not self._numbers or nr in self._numbers:

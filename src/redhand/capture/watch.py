@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 from redhand.capture.events import CrashEvent, SignalEvent, SyscallEvent, parse_event
 from redhand.capture.guard import Guard
-from redhand.capture.hits import Hit
+from redhand.capture.hits import Hit, SyscallCall
 from redhand.errors import Interrupted, RedhandError
 
 TYPE_CHECKING = False
@@ -194,6 +194,7 @@ class Caught:
     rendered: str | None = None  # what a ``prepare`` hook made of it (the CLI: its output)
     kind: str = "event"  # or "timeout" (redhand run: the stacks of a program out of time)
     prepared: bool = False  # the stacks were unwound and the ``prepare`` hook ran
+    syscalls: list[SyscallCall] = field(default_factory=list)  # --syscalls: its last calls
 
 
 class Watch:
@@ -258,6 +259,8 @@ class Watch:
         self._pending_hits: list[Hit] | None = None
         # Unwind and analyse before letting the process go (it is about to die: redhand run).
         self.analyse_while_held = False
+        # --syscalls N: the last N system calls of the thread that hit (ptrace at every call).
+        self.syscall_history: int | None = None
         self._check_choices()
 
     # -- choosing -------------------------------------------------------------------
@@ -294,9 +297,9 @@ class Watch:
         event = self.event
         requested = self._requested_backend
         if isinstance(event, (SignalEvent, CrashEvent)):
-            return PtraceBackend(
+            tracer = PtraceBackend(
                 event,
-                Mode.SIGNALS,
+                Mode.SYSCALL if self.syscall_history else Mode.SIGNALS,
                 guard,
                 skip=self.skip,
                 argv=self.argv,
@@ -305,6 +308,10 @@ class Watch:
                 # A crash guard must never take the program down with it.
                 exit_kill=not isinstance(event, CrashEvent),
             )
+            if self.syscall_history:
+                tracer.history = {}
+                tracer.history_size = self.syscall_history
+            return tracer
         if self.argv is not None:
             mode = Mode.SYSCALL if requested == "ptrace" else Mode.SECCOMP
             return PtraceBackend(
@@ -514,6 +521,8 @@ class Watch:
                 resumed=resume and not final,
                 kind=kind,
             )
+            if self.syscall_history and isinstance(backend, PtraceBackend):
+                caught.syscalls = backend.recent_calls(held.hit.tid)
             if self.analyse_while_held:
                 # The process is about to die: its memory is read while it is whole.
                 self._complete(backend, caught, snapshot, held, serve=False)
