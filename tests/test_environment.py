@@ -136,6 +136,7 @@ def test_a_crash_in_anonymous_code_in_a_writable_executable_segment(tmp_path: Pa
 def test_a_jump_into_the_vsyscall_page(tmp_path: Path) -> None:
     exe = compile_c(VSYSCALL, tmp_path, ["-O1", "-g"])
     document = run_report(exe, tmp_path)
+    assert document["crash"]["kind"] == "vsyscall"  # type: ignore[index]
     assert "vsyscall" in keys(document)
     (fact,) = [f for f in document["program"]["unusual"] if f["key"] == "vsyscall"]  # type: ignore[index]
     mapped = "[vsyscall]" in Path("/proc/self/maps").read_text()

@@ -16,6 +16,7 @@ The kinds (stable identifiers; reports and crash buckets key on them):
 ``bad-pc``                    the pc is outside every executable mapping
 ``stack-overflow``            the fault is at the low end of a thread's stack
 ``non-canonical-address``     SIGSEGV/SIGBUS with SI_KERNEL: a general-protection fault
+``vsyscall``                  a jump into the legacy vsyscall page that the kernel refused
 ``misaligned-access``         an aligned SSE/AVX move on a misaligned address, or BUS_ADRALN
 ``privileged-instruction``    hlt, cli, in/out... in user mode
 ``shadow-stack-violation``    SEGV_CPERR: a return address that does not match the shadow stack
@@ -876,8 +877,25 @@ def _recursion_words(ctx: _Context, stack: MemoryMapping, main: bool) -> str | N
     return text
 
 
+_VSYSCALL_PAGE = range(0xFFFFFFFFFF600000, 0xFFFFFFFFFF601000)
+
+
 def _general_protection(ctx: _Context) -> Crash:
     """SI_KERNEL: the CPU raised #GP, which has no fault address (the kernel reports 0)."""
+    pc = ctx.registers.pc if ctx.registers is not None else None
+    if pc is not None and _VSYSCALL_PAGE.start <= pc < _VSYSCALL_PAGE.stop:
+        mapped = any(m.path == "[vsyscall]" for m in ctx.target.mappings)
+        return ctx.crash(
+            "vsyscall",
+            f"a jump to {pc:#x}, in the legacy vsyscall page (old static binaries call its "
+            "time(), gettimeofday() and getcpu() there): "
+            + (
+                "this kernel emulates only the three entry points (0x...000, 0x...400, "
+                "0x...800) and faults anywhere else"
+                if mapped
+                else "this kernel has no vsyscall page (vsyscall=none): every such call faults"
+            ),
+        )
     instruction = ctx.instruction()
     registers = ctx.registers
     sp = ctx.sp
