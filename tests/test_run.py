@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from helpers import compile_c, kernel_writes_cores_here, rustc, unlimited_core, wait_until
 from test_crash_kinds import CASES, Case
-from watch_helpers import TIMEOUT, Program, all_stopped, states
+from watch_helpers import TIMEOUT, Program, all_stopped, redhand, states
 
 import redhand as redhand_module
 
@@ -49,20 +49,6 @@ def build(case: Case, directory: Path) -> Path:
     if case.source.endswith(".rs"):
         return rustc(case.source, directory, case.flags)
     return compile_c(case.source, directory, case.flags)
-
-
-def redhand(
-    *args: str, cwd: Path | None = None, **popen: object
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "redhand", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=cwd,
-        stdin=subprocess.DEVNULL,
-        **popen,  # type: ignore[call-overload]
-    )
 
 
 def frame_names(document: dict[str, object], tid: int, count: int) -> list[str | None]:

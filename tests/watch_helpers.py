@@ -22,6 +22,21 @@ TIMEOUT = 120.0
 OUR_PROGRAMS = ("redhand_watch", "redhand_follow")
 
 
+def redhand(
+    *args: str, cwd: Path | None = None, **popen: object
+) -> subprocess.CompletedProcess[str]:
+    """``redhand ARGS`` to its end, output captured, bounded by :data:`TIMEOUT`."""
+    return subprocess.run(
+        [sys.executable, "-m", "redhand", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        **popen,  # type: ignore[call-overload]
+    )
+
+
 def build_badclose(directory: Path) -> Path:
     return compile_c("badclose.c", directory, ["-O2", "-g", "-pthread"])
 

@@ -205,6 +205,28 @@ class Command:
         self.run = run
 
 
+def _display_options(*, source_default: bool) -> list[Option]:
+    """How watch and run show the stacks of what they caught."""
+    return [
+        Option(("--no-group",), "no_group", FLAG, "show every thread, even with identical stacks"),
+        Option(
+            ("--max-frames",),
+            "max_frames",
+            VALUE,
+            "show at most N frames per thread (default 10)",
+            parse=_positive,
+            metavar="N",
+        ),
+        Option(
+            ("--source",),
+            "source",
+            SWITCH,
+            f"file:line of each frame, from DWARF (default: {'on' if source_default else 'off'})",
+            default=source_default,
+        ),
+    ]
+
+
 def _report_options(*, source_default: bool) -> list[Option]:
     """The options every command that prints backtraces shares."""
     # Source lines are off by default for `stack`, the quick look: a first
@@ -437,26 +459,7 @@ def _commands() -> dict[str, Command]:
                     "a launched program only: do not follow its children",
                 ),
                 Option(("--json",), "json", FLAG, "print one JSON document per hit (JSON Lines)"),
-                Option(
-                    ("--no-group",),
-                    "no_group",
-                    FLAG,
-                    "show every thread, even with identical stacks",
-                ),
-                Option(
-                    ("--max-frames",),
-                    "max_frames",
-                    VALUE,
-                    "show at most N frames per thread (default 10)",
-                    parse=_positive,
-                    metavar="N",
-                ),
-                Option(
-                    ("--source",),
-                    "source",
-                    SWITCH,
-                    "file:line of each frame, from DWARF (default: off)",
-                ),
+                *_display_options(source_default=False),
             ],
             run_watch,
         ),
@@ -541,27 +544,7 @@ def _commands() -> dict[str, Command]:
                     metavar="N",
                 ),
                 Option(("--json",), "json", FLAG, "print the JSON document (version 1) at the end"),
-                Option(
-                    ("--no-group",),
-                    "no_group",
-                    FLAG,
-                    "show every thread, even with identical stacks",
-                ),
-                Option(
-                    ("--max-frames",),
-                    "max_frames",
-                    VALUE,
-                    "show at most N frames per thread (default 10)",
-                    parse=_positive,
-                    metavar="N",
-                ),
-                Option(
-                    ("--source",),
-                    "source",
-                    SWITCH,
-                    "file:line of each frame, from DWARF (default: on)",
-                    default=True,
-                ),
+                *_display_options(source_default=True),
             ],
             run_run,
         ),

@@ -127,18 +127,12 @@ class Run(Watch):
 
     def _trace_until(self, backend: PtraceBackend, deadline: float | None) -> bool:
         """Trace on until every process ends (True) or the deadline passes (False)."""
-        ticking = self._can_handle_signals()
-        if ticking:
-            signal.setitimer(signal.ITIMER_REAL, 0.2, 0.2)
-        try:
+        with self._ticking():
             while backend.processes:
                 if backend.wait(deadline, self._should_stop) == [] and (
                     self._should_stop() or (deadline is not None and time.monotonic() >= deadline)
                 ):
                     return False
-        finally:
-            if ticking:
-                signal.setitimer(signal.ITIMER_REAL, 0)
         self.ended = True
         return True
 

@@ -26,6 +26,7 @@ the caller must close the watch.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -402,32 +403,33 @@ class Watch:
             assert isinstance(backend, PtraceBackend)
             self._run_on(backend)
 
+    @contextlib.contextmanager
+    def _ticking(self, interval: float = _TICK, *, enabled: bool = True) -> Iterator[None]:
+        """An interval timer while a ptrace backend blocks in waitpid: each tick interrupts
+        it, so that a deadline or a signal is noticed (main thread only: the handlers)."""
+        ticking = enabled and self._can_handle_signals()
+        if ticking:
+            signal.setitimer(signal.ITIMER_REAL, interval, interval)
+        try:
+            yield
+        finally:
+            if ticking:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+
     def _wait(
         self, backend: BpfBackend | PtraceBackend, deadline: float | None
     ) -> list[Hit] | None:
         from redhand.capture.tracer import PtraceBackend
 
-        ticking = isinstance(backend, PtraceBackend) and self._can_handle_signals()
-        if ticking:
-            signal.setitimer(signal.ITIMER_REAL, _TICK, _TICK)
-        try:
+        with self._ticking(enabled=isinstance(backend, PtraceBackend)):
             return backend.wait(deadline, self._should_stop)
-        finally:
-            if ticking:
-                signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _run_on(self, backend: PtraceBackend) -> None:
-        ticking = self._can_handle_signals()
-        if ticking:
-            signal.setitimer(signal.ITIMER_REAL, _TICK, _TICK)
-        try:
+        with self._ticking():
             while backend.processes:
                 backend.run_on(self._should_stop)
                 if self._signalled is not None and not self._pass_on_signal(backend):
                     break
-        finally:
-            if ticking:
-                signal.setitimer(signal.ITIMER_REAL, 0)
         self.ended = not backend.processes
 
     def _pass_on_signal(self, backend: BpfBackend | PtraceBackend) -> bool:
@@ -588,22 +590,21 @@ class Watch:
         worker = threading.Thread(target=masked, name="redhand-report", daemon=True)
         switch = sys.getswitchinterval()
         sys.setswitchinterval(_SERVE_SWITCH)
-        signal.setitimer(signal.ITIMER_REAL, _SERVE_TICK, _SERVE_TICK)
-        worker.start()
         try:
-            while worker.is_alive():
-                if self._pending_hits is not None or not backend.processes:
-                    worker.join(_SERVE_TICK)
-                    continue
-                hits = backend.wait(None, lambda: not worker.is_alive() or self._should_stop())
-                if hits is None:
-                    continue
-                if hits:
-                    self._pending_hits = hits  # acted on in the next round
-                elif self._should_stop():
-                    worker.join()
+            with self._ticking(_SERVE_TICK):
+                worker.start()
+                while worker.is_alive():
+                    if self._pending_hits is not None or not backend.processes:
+                        worker.join(_SERVE_TICK)
+                        continue
+                    hits = backend.wait(None, lambda: not worker.is_alive() or self._should_stop())
+                    if hits is None:
+                        continue
+                    if hits:
+                        self._pending_hits = hits  # acted on in the next round
+                    elif self._should_stop():
+                        worker.join()
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             sys.setswitchinterval(switch)
         worker.join()
 
