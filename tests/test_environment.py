@@ -124,6 +124,80 @@ def test_a_crash_in_anonymous_code_in_a_writable_executable_segment(tmp_path: Pa
     assert {"anonymous-code", "writable-executable"} <= keys(document)
 
 
+# The program a packer would carry: run by selfunpack from anonymous memory at its link
+# addresses, it writes through a NULL pointer three calls deep.
+UNPACKED = r"""
+#include <stdio.h>
+static int *volatile nowhere;
+__attribute__((noinline)) static void store(int value) { *nowhere = value; }
+__attribute__((noinline)) static void unpacked_work(int n) { store(n * 6); puts("not reached"); }
+int main(int argc, char **argv)
+{
+	printf("unpacked %s running\n", argv[0]);
+	fflush(stdout);
+	unpacked_work(argc);
+	return 0;
+}
+"""
+
+
+def crash_frames(document: dict[str, object]) -> list[dict[str, object]]:
+    frames: list[dict[str, object]] = document["threads"][0]["frames"]  # type: ignore[index]
+    return frames
+
+
+def anonymous_code_fact(document: dict[str, object]) -> dict[str, str]:
+    (fact,) = [f for f in document["program"]["unusual"] if f["key"] == "anonymous-code"]  # type: ignore[index]
+    return fact  # type: ignore[no-any-return]
+
+
+def test_a_program_unpacked_into_anonymous_memory_is_named_from_an_unpacked_copy(
+    tmp_path: Path,
+) -> None:
+    loader = compile_c("selfunpack.c", tmp_path, ["-O1", "-g"])
+    unpacked = compile_c(UNPACKED, tmp_path, ["-O1", "-g", "-static"])
+    other_build = compile_c(UNPACKED.replace("n * 6", "n * 7"), tmp_path, ["-O1", "-g", "-static"])
+    lines = UNPACKED.splitlines()
+    store_line = 1 + lines.index(next(line for line in lines if "static void store" in line))
+    argv = ["--", str(loader), str(unpacked)]
+
+    def report(*options: str) -> dict[str, object]:
+        result = redhand("run", "--json", *options, *argv, cwd=tmp_path)
+        assert result.returncode == 128 + signal.SIGSEGV, result.stderr
+        document: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+        return document
+
+    bare = report()
+    assert crash_frames(bare)[0]["function"] is None
+    assert "less certain" in anonymous_code_fact(bare)["what"]
+
+    named = report("--exe", str(unpacked))
+    frames = crash_frames(named)
+    assert [f["function"] for f in frames[:3]] == ["store", "unpacked_work", "main"]
+    assert frames[0]["file"] is not None and str(frames[0]["file"]).endswith(".c")
+    assert frames[0]["line"] == store_line
+    assert frames[0]["module"] == str(unpacked)
+    fact = anonymous_code_fact(named)
+    assert f"named from {unpacked}" in fact["what"] and "byte for byte" in fact["evidence"]
+
+    refused = report("--exe", str(other_build))
+    assert crash_frames(refused)[0]["function"] is None
+    (warning,) = [w for w in refused["warnings"] if "--exe" in w]  # type: ignore[attr-defined]
+    assert "was not used: its code differs" in warning
+
+    if kernel_writes_cores_here():  # the kernel's core of the same crash
+        (core,) = [p for p in tmp_path.iterdir() if p.name.startswith("core")]
+        result = redhand("core", "--json", str(core), "--exe", str(unpacked))
+        from_core = json.loads(result.stdout)
+        assert [f["function"] for f in crash_frames(from_core)[:3]] == [
+            "store",
+            "unpacked_work",
+            "main",
+        ]
+        result = redhand("core", "--json", str(core), "--exe", str(other_build))
+        assert any("its code differs" in w for w in json.loads(result.stdout)["warnings"])
+
+
 def test_a_jump_into_the_vsyscall_page(tmp_path: Path) -> None:
     exe = compile_c(VSYSCALL, tmp_path, ["-O1", "-g"])
     document = run_report(exe, tmp_path)

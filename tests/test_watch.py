@@ -203,6 +203,29 @@ def test_count_and_skip(badclose: Path, tmp_path: Path) -> None:
     assert out.read_text().count("after") == 5
 
 
+@pytest.mark.parametrize("how", ["launch", "attach"])
+def test_syscalls_shows_the_calls_that_led_to_the_hit(badclose: Path, how: str) -> None:
+    """badclose's bad thread: open /dev/null, dup2 it to 900, close 900 twice (the hit)."""
+    args = ["close fails EBADF", "--syscalls", "5", "--json"]
+    if how == "launch":
+        with Watcher([*args, "--", str(badclose), "--threads", "2", "--bad", "1"]) as watcher:
+            assert watcher.finish() == 0, watcher.stderr
+    else:
+        with (
+            Program([badclose, "--threads", "2", "--bad", "1", "--wait"]) as program,
+            Watcher([*args, "-p", str(program.pid)]) as watcher,
+        ):
+            watcher.header()
+            program.go()
+            assert watcher.finish() == 0, watcher.stderr
+    assert "ptrace" in watcher.stderr and "last 5 system calls" in watcher.stderr
+    (document,) = watcher.documents()
+    calls = document["syscalls"]
+    assert [call["name"] for call in calls][-3:] == ["dup2", "close", "close"]  # type: ignore[index]
+    assert calls[-1]["arguments"][0] == 900 and calls[-1]["errno_name"] == "EBADF"  # type: ignore[index]
+    assert calls[-2]["arguments"][0] == 900 and calls[-2]["return"] == 0  # type: ignore[index]
+
+
 def test_launched_program_that_never_fails_keeps_its_exit_status(badclose: Path) -> None:
     with Watcher(["close fails EBADF", "--", "sh", "-c", f"{badclose} --bad 0; exit 7"]) as w:
         assert w.finish() == 7
@@ -490,6 +513,8 @@ def run_watch(*args: str) -> subprocess.CompletedProcess[str]:
         (["close fails EBADF", "--then", "stop", "--", "true"], 2, ["ENOSYS"]),
         (["close fails EBADF", "-p", "1", "--timeout", "soon"], 2, ["not a duration"]),
         (["signal SIGFOO", "-p", "1"], 2, ["'SIGFOO'"]),
+        (["close fails", "-p", "1", "--syscalls", "5", "--backend", "ebpf"], 2, ["ptrace"]),
+        (["close fails", "--comm", "x", "--syscalls", "5"], 2, ["every system call"]),
     ],
 )
 def test_bad_input_gets_one_clear_line(args: list[str], code: int, words: list[str]) -> None:

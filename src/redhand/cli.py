@@ -227,6 +227,29 @@ def _display_options(*, source_default: bool) -> list[Option]:
     ]
 
 
+def _capture_options(what: str) -> list[Option]:
+    """What watch and run add to the stacks they show: recent calls, a packed program's names."""
+    return [
+        Option(
+            ("--syscalls",),
+            "syscalls",
+            VALUE,
+            f"show the last N system calls of the thread that {what} (stops the program at "
+            "every system call: for a program that makes few)",
+            parse=_positive,
+            metavar="N",
+        ),
+        Option(
+            ("--exe",),
+            "exe",
+            VALUE,
+            "an unpacked copy of a packed program, to name the code it unpacks into memory "
+            "(its bytes must match)",
+            metavar="UNPACKED",
+        ),
+    ]
+
+
 def _report_options(*, source_default: bool) -> list[Option]:
     """The options every command that prints backtraces shares."""
     # Source lines are off by default for `stack`, the quick look: a first
@@ -329,7 +352,7 @@ def _commands() -> dict[str, Command]:
                     "exe",
                     VALUE,
                     "the executable that crashed (when it moved, or for a core from another "
-                    "machine)",
+                    "machine), or an unpacked copy of a packed one",
                     metavar="EXE",
                 ),
                 Option(
@@ -443,6 +466,7 @@ def _commands() -> dict[str, Command]:
                     parse=_duration,
                     metavar="DURATION",
                 ),
+                *_capture_options("hit"),
                 Option(
                     ("--backend",),
                     "backend",
@@ -534,15 +558,7 @@ def _commands() -> dict[str, Command]:
                     FLAG,
                     "guard the program alone, not its children",
                 ),
-                Option(
-                    ("--syscalls",),
-                    "syscalls",
-                    VALUE,
-                    "show the last N system calls of the crashing thread (stops the program at "
-                    "every system call: for a crash at startup)",
-                    parse=_positive,
-                    metavar="N",
-                ),
+                *_capture_options("crashed"),
                 Option(("--json",), "json", FLAG, "print the JSON document (version 1) at the end"),
                 *_display_options(source_default=True),
             ],
@@ -897,6 +913,8 @@ def run_watch(args: Arguments) -> int:
             backend=args.backend,
             follow=not args.no_follow,
             source=args.source,
+            syscalls=args.syscalls,
+            exe=args.exe,
         )
     except ValueError as error:
         if isinstance(error, RedhandError):
@@ -982,6 +1000,7 @@ def run_run(args: Arguments) -> int:
         follow=not args.no_follow,
         syscalls=args.syscalls,
         source=args.source,
+        exe=args.exe,
     )
     guard.on_start = lambda started: render_guard_header(guard, sys.stderr)
     group = not args.no_group

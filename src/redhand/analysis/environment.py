@@ -266,13 +266,22 @@ def _crash_site_facts(target: Target, facts: ProgramFacts) -> None:
     elif pc is not None:
         mapping = target.find_mapping(pc)
         if mapping is not None and "x" in mapping.perms and mapping.path in (None, "", "[heap]"):
+            where = (
+                f"pc {pc:#x} in an anonymous {mapping.perms} mapping "
+                f"{mapping.start:#x}-{mapping.end:#x}"
+            )
+            named = target.modules.find(pc)
+            if named is None:
+                what = "its frames are less certain"
+            else:
+                what = f"named from {named.path}, an unpacked copy"
+                where += f", whose bytes are {named.name}'s code, byte for byte"
             facts.unusual.append(
                 Fact(
                     "anonymous-code",
                     "the crash is in code that no file holds (unpacked or generated at run "
-                    "time): its frames are less certain",
-                    f"pc {pc:#x} in an anonymous {mapping.perms} mapping "
-                    f"{mapping.start:#x}-{mapping.end:#x}",
+                    f"time): {what}",
+                    where,
                 )
             )
     if crash.signal == 31 and thread is not None and thread.siginfo is not None:  # SIGSYS

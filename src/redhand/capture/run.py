@@ -67,6 +67,7 @@ class Run(Watch):
         debug_dirs: Sequence[str] | None = None,
         source: bool = True,
         inline: bool = True,
+        exe: str | None = None,
     ) -> None:
         actions = [Action(ActionKind.STACK)]
         if core is not None:
@@ -83,12 +84,13 @@ class Run(Watch):
             debug_dirs=debug_dirs,
             source=source,
             inline=inline,
+            syscalls=syscalls,
+            exe=exe,
         )
         # A process caught at its fatal signal dies when let go: everything the report reads
         # (the stacks past the copied bytes, an exception's message, glibc's abort message)
         # is read while it is held, and the whole stack of each thread is copied.
         self.analyse_while_held = True
-        self.syscall_history = syscalls
         self.kill_signal = kill_signal
         self.kill_after = kill_after
         self.killed_with: int | None = None  # the signal a timeout ended the program with

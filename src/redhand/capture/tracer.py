@@ -186,6 +186,7 @@ class PtraceBackend:
         pid: int | None = None,
         follow: bool = True,
         exit_kill: bool = True,
+        history: int = 0,
     ) -> None:
         self.event: SyscallEvent | SignalEvent | CrashEvent = event
         self.mode = mode
@@ -209,8 +210,9 @@ class PtraceBackend:
         self.own_signal: dict[int, int] = {}  # tid -> a signal redhand sent it (abort)
         self.exec_error: bytes = b""
         # --syscalls: each thread's last calls (None: not recorded; needs Mode.SYSCALL).
-        self.history: dict[int, collections.deque[SyscallCall]] | None = None
-        self.history_size = 0
+        # --syscalls: each thread's last ``history`` calls (Mode.SYSCALL), by tid.
+        self.history: dict[int, collections.deque[SyscallCall]] | None = {} if history else None
+        self.history_size = history
         self._entering: dict[int, tuple[int, tuple[int, ...]]] = {}
         # Signals redhand's caller ignored (nohup): a launched program ignores them too.
         self.keep_ignored: frozenset[int] = frozenset()

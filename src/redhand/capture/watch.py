@@ -218,6 +218,8 @@ class Watch:
         debug_dirs: Sequence[str] | None = None,
         source: bool = False,
         inline: bool = True,
+        syscalls: int | None = None,
+        exe: str | None = None,
     ) -> None:
         if sum(x is not None for x in (pid, comm, argv)) != 1:
             raise ValueError("watch needs exactly one of pid, comm and argv")
@@ -261,7 +263,9 @@ class Watch:
         # Unwind and analyse before letting the process go (it is about to die: redhand run).
         self.analyse_while_held = False
         # --syscalls N: the last N system calls of the thread that hit (ptrace at every call).
-        self.syscall_history: int | None = None
+        self.syscall_history = syscalls
+        # --exe: an unpacked copy of a packed program, to name the code it unpacks.
+        self.exe = exe
         self._check_choices()
 
     # -- choosing -------------------------------------------------------------------
@@ -282,6 +286,11 @@ class Watch:
                 raise ValueError("a signal event needs -p PID or a command, not --comm")
             if requested in ("ebpf", "seccomp"):
                 raise ValueError("a signal event is watched with ptrace (--backend ptrace)")
+        elif self.syscall_history and (self.comm is not None or requested in ("ebpf", "seccomp")):
+            raise ValueError(
+                "--syscalls stops the program at every system call: it needs the ptrace "
+                "backend, and -p PID or a command"
+            )
         elif self.comm is not None and requested not in ("auto", "ebpf"):
             raise ValueError("--comm is watched with eBPF only")
         elif self.argv is not None and requested == "ebpf":
@@ -298,7 +307,7 @@ class Watch:
         event = self.event
         requested = self._requested_backend
         if isinstance(event, (SignalEvent, CrashEvent)):
-            tracer = PtraceBackend(
+            return PtraceBackend(
                 event,
                 Mode.SYSCALL if self.syscall_history else Mode.SIGNALS,
                 guard,
@@ -308,11 +317,19 @@ class Watch:
                 follow=self.follow,
                 # A crash guard must never take the program down with it.
                 exit_kill=not isinstance(event, CrashEvent),
+                history=self.syscall_history or 0,
             )
-            if self.syscall_history:
-                tracer.history = {}
-                tracer.history_size = self.syscall_history
-            return tracer
+        if self.syscall_history:
+            return PtraceBackend(
+                event,
+                Mode.SYSCALL,
+                guard,
+                skip=self.skip,
+                argv=self.argv,
+                pid=self.pid,
+                follow=self.follow,
+                history=self.syscall_history,
+            )
         if self.argv is not None:
             mode = Mode.SYSCALL if requested == "ptrace" else Mode.SECCOMP
             return PtraceBackend(
@@ -624,7 +641,7 @@ class Watch:
         from redhand.target.live import target_from_snapshot
 
         dirs = tuple(dict.fromkeys((*(self.debug_dirs or ()), *DEFAULT_DEBUG_DIRS)))
-        target = target_from_snapshot(snapshot, debug_dirs=dirs)
+        target = target_from_snapshot(snapshot, debug_dirs=dirs, exe=self.exe)
         target.source_lines = self.source
         target.inline = self.inline
         first = held.hit.tid
@@ -756,7 +773,11 @@ def watch(spec: str, **options: object) -> Watch:
     One of ``pid``, ``comm`` or ``argv`` says what to watch; ``then`` the
     actions (default ``("stack",)``); ``count`` how many hits to act on
     (then the watch ends), ``skip`` how many to let pass first, ``timeout``
-    seconds to wait in all.  See :class:`Watch` for the rest.
+    seconds to wait in all.  ``syscalls=N`` keeps each thread's last N system
+    calls (``Caught.syscalls``: the ptrace backend, stopped at every call);
+    ``exe`` is an unpacked copy of a packed program, matched byte for byte to
+    the code it unpacked (see :mod:`redhand.target.unpacked`).  See
+    :class:`Watch` for the rest.
     """
     return Watch(spec, **options)  # type: ignore[arg-type]
 

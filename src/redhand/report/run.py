@@ -20,6 +20,7 @@ from redhand.capture.watch import Caught
 from redhand.report.core import build_core_report, core_json, render_core_text
 from redhand.report.stack import build_stack_report, render_stack_text, stack_json
 from redhand.report.style import Style
+from redhand.report.watch import render_actions, render_recent_calls
 
 __all__ = [
     "exit_json",
@@ -73,25 +74,8 @@ def render_report_text(
         )
     else:
         write(style(str(caught.hit), "bold", "red") + "\n")
-    if caught.syscalls:
-        write(
-            style(
-                f"\nthe last {len(caught.syscalls)} system calls of thread {caught.hit.tid}, "
-                "oldest first:",
-                "bold",
-            )
-            + "\n"
-        )
-        for call in caught.syscalls:
-            line = f"  {call}"
-            if call.errno_name == "ENOSYS":
-                line += style("  <- a system call this kernel does not have", "red")
-            write(line + "\n")
-    for result in caught.actions:
-        if result.action.kind.value == "stack":
-            continue
-        mark = "" if result.ok else style("failed: ", "red")
-        write(f"{result.action.kind.value}: {mark}{result.summary}\n")
+    render_recent_calls(caught, stream, style)
+    render_actions(caught, stream, style)
     stream.flush()
 
 

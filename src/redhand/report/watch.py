@@ -21,7 +21,14 @@ from redhand.report.stack import (
 )
 from redhand.report.style import Style
 
-__all__ = ["caught_json", "render_caught_json", "render_caught_text", "render_header"]
+__all__ = [
+    "caught_json",
+    "render_actions",
+    "render_caught_json",
+    "render_caught_text",
+    "render_header",
+    "render_recent_calls",
+]
 
 
 def render_header(watched: Watch, stream: TextIO, style: Style | None = None) -> None:
@@ -45,6 +52,8 @@ def render_header(watched: Watch, stream: TextIO, style: Style | None = None) ->
         style(f"watching '{watched.event}' in {where}", "bold")
         + f": {how}, then {actions}; backend: {watched.backend_description}\n"
     )
+    if watched.syscall_history:
+        stream.write(f"note: keeping each thread's last {watched.syscall_history} system calls\n")
     for note in watched.notes:
         stream.write(f"note: {note}\n")
     stream.flush()
@@ -78,15 +87,40 @@ def render_caught_text(
     if report is not None:
         write("\n")
         render_stack_text(report, stream, style)
-    for result in caught.actions:
-        if result.action.kind.value == "stack":
-            continue
-        mark = "" if result.ok else style("failed: ", "red")
-        write(f"{result.action.kind.value}: {mark}{result.summary}\n")
+    render_recent_calls(caught, stream, style)
+    render_actions(caught, stream, style)
     if caught.resumed:
         write(f"process {caught.hit.pid} runs on\n")
     write("\n")
     stream.flush()
+
+
+def render_actions(caught: Caught, stream: TextIO, style: Style) -> None:
+    """A line per action but the stacks (shown above it): what it did, or why it failed."""
+    for result in caught.actions:
+        if result.action.kind.value == "stack":
+            continue
+        mark = "" if result.ok else style("failed: ", "red")
+        stream.write(f"{result.action.kind.value}: {mark}{result.summary}\n")
+
+
+def render_recent_calls(caught: Caught, stream: TextIO, style: Style) -> None:
+    """``--syscalls N``: the last calls of the thread that hit, strace-style, oldest first."""
+    if not caught.syscalls:
+        return
+    stream.write(
+        style(
+            f"\nthe last {len(caught.syscalls)} system calls of thread {caught.hit.tid}, "
+            "oldest first:",
+            "bold",
+        )
+        + "\n"
+    )
+    for call in caught.syscalls:
+        line = f"  {call}"
+        if call.errno_name == "ENOSYS":
+            line += style("  <- a system call this kernel does not have", "red")
+        stream.write(line + "\n")
 
 
 def caught_json(
@@ -117,6 +151,8 @@ def caught_json(
     document["timing"] = {"stopped_ns": caught.stopped_ns, "paused_ns": caught.paused_ns}
     document["actions"] = [result.to_json() for result in caught.actions]
     document["resumed"] = caught.resumed
+    if caught.syscalls:
+        document["syscalls"] = [call.to_json() for call in caught.syscalls]
     return document
 
 

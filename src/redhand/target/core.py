@@ -52,8 +52,16 @@ from redhand.target.corenotes import (
 )
 from redhand.target.decompress import ProgressCallback, decompress, detect_compression
 from redhand.target.model import Mapping
-from redhand.target.module import VDSO, Module, ModuleMap, group_file_mappings, vdso_module
+from redhand.target.module import (
+    VDSO,
+    Module,
+    ModuleMap,
+    group_file_mappings,
+    segment_perms,
+    vdso_module,
+)
 from redhand.target.target import Target, Thread
+from redhand.target.unpacked import place_unpacked
 
 TYPE_CHECKING = False
 
@@ -378,15 +386,6 @@ def open_core(
     return target
 
 
-def _perms(flags: int) -> str:
-    return (
-        ("r" if flags & c.PF_R else "-")
-        + ("w" if flags & c.PF_W else "-")
-        + ("x" if flags & c.PF_X else "-")
-        + "p"
-    )
-
-
 def _build(
     elf: ElfFile,
     data: mmap.mmap,
@@ -479,7 +478,7 @@ def _build(
             path = VSYSCALL
         elif execfn_at is not None and vaddr <= execfn_at < end:
             path = STACK
-        mappings.append(CoreMapping(vaddr, end, _perms(flags), offset, "00:00", 0, path))
+        mappings.append(CoreMapping(vaddr, end, segment_perms(flags), offset, "00:00", 0, path))
     # gdb's gcore leaves read-only file mappings (code) out entirely, without
     # even a PT_LOAD: NT_FILE still lists them.  Their permissions come from
     # the file's own program headers once it is found (see _modules).
@@ -490,6 +489,14 @@ def _build(
     # -- threads' process and modules
     process = notes.process
     exe_group_path = _exe_path(mappings, auxv)
+    unpacked: Module | None = None
+    if exe is not None:
+        placement = place_unpacked(exe, mappings, memory.read_core, debug_dirs)
+        unpacked = placement.module
+        if placement.problem is not None:
+            warnings.append(placement.problem)
+        if unpacked is not None or placement.problem is not None:
+            exe = None  # an unpacked copy, not a replacement for the packed file
     modules, regions, mappings = _modules(
         mappings,
         memory,
@@ -501,6 +508,8 @@ def _build(
         writable_truncated={v for v in truncated_starts if load_flags.get(v, 0) & c.PF_W},
     )
     memory.set_file_regions(regions)
+    if unpacked is not None:
+        modules = ModuleMap([*modules, unpacked])
     if not files and any(seg.p_type == c.PT_NOTE for seg in segments):
         warnings.append(
             f"{core_path}: the core has no NT_FILE note: mapped files are unknown, so are "
@@ -670,7 +679,7 @@ def _segment_perms(phdrs: Sequence[_Phdr] | None, offset: int) -> str:
     """
     for p_type, p_flags, p_offset, _v, _p, p_filesz, _m, _a in phdrs or ():
         if p_type == c.PT_LOAD and (p_offset & ~0xFFF) <= offset < p_offset + max(p_filesz, 1):
-            return _perms(p_flags)
+            return segment_perms(p_flags)
     return "r--p"
 
 

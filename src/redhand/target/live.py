@@ -61,14 +61,36 @@ def attach(
 
 
 def target_from_snapshot(
-    snapshot: Snapshot, *, debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS
+    snapshot: Snapshot,
+    *,
+    debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS,
+    exe: str | None = None,
 ) -> Target:
+    """The Target of a frozen process's snapshot.
+
+    ``exe`` is an unpacked copy of a packed program, matched byte for byte
+    to the code the program unpacked into anonymous memory (the process's own
+    executable is always read through /proc); why it was not used goes to
+    ``target.warnings``.
+    """
     started = time.perf_counter()
     pid = snapshot.pid
     live = LiveMemory(pid)
     regions = [t.stack for t in snapshot.threads if t.stack is not None]
     memory = RegionMemory(regions, fallback=live)
     modules = live_modules(pid, snapshot.mappings, live, debug_dirs)
+    problem = None
+    if exe is not None:
+        from redhand.target.unpacked import place_unpacked
+
+        placement = place_unpacked(exe, snapshot.mappings, live.read, debug_dirs)
+        if placement.module is not None:
+            modules = ModuleMap([*modules, placement.module])
+        else:
+            problem = placement.problem or (
+                f"--exe {exe} was not used: none of the code of process {pid} that no file "
+                "holds is its code (a process's own executable is read through /proc)"
+            )
     target = Target(
         pid=pid,
         exe=snapshot.exe,
@@ -80,6 +102,8 @@ def target_from_snapshot(
         frozen_ns=snapshot.frozen_ns,
         timings=snapshot.timings,
     )
+    if problem is not None:
+        target.warnings.append(problem)
     for captured in snapshot.threads:
         target.threads.append(
             Thread(

@@ -12,7 +12,7 @@ import bisect
 import os
 
 from redhand.elf import ElfFile
-from redhand.elf.constants import PT_LOAD
+from redhand.elf.constants import PF_R, PF_W, PF_X, PT_LOAD
 from redhand.errors import RedhandError
 from redhand.symbols import ModuleSymbols, SymbolMatch
 from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
@@ -262,6 +262,16 @@ def group_file_mappings(mappings: Sequence[_M]) -> list[list[_M]]:
     if current:
         groups.append(current)
     return groups
+
+
+def segment_perms(flags: int) -> str:
+    """A PT_LOAD's p_flags as the permissions of a private mapping (``r-xp``)."""
+    return (
+        ("r" if flags & PF_R else "-")
+        + ("w" if flags & PF_W else "-")
+        + ("x" if flags & PF_X else "-")
+        + "p"
+    )
 
 
 def map_files_path(pid: int, mapping: Mapping) -> str:
