@@ -37,6 +37,27 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${apt_packages[@]}" >/dev/null
 fi
 
+# upx, for packed programs: Debian 12 has it in bookworm-backports only.  It is fetched from
+# there with a private package list (the system's apt sources are left as they are) and
+# installed like any package; a release that has upx-ucl in main installs it directly.
+if ! command -v upx >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-get install -y -qq --no-install-recommends upx-ucl >/dev/null 2>&1; then
+        codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+        lists=$(mktemp -d)
+        mkdir -p "$lists/lists/partial" "$lists/cache/archives/partial"
+        echo "deb http://deb.debian.org/debian $codename-backports main" >"$lists/sources.list"
+        private=(-o "Dir::Etc::SourceList=$lists/sources.list" -o Dir::Etc::SourceParts=/dev/null
+                 -o "Dir::State::Lists=$lists/lists" -o "Dir::Cache=$lists/cache"
+                 -o APT::Sandbox::User=root)
+        echo "installing: upx-ucl (from $codename-backports)"
+        apt-get "${private[@]}" update -qq
+        (cd "$lists" && apt-get -qq "${private[@]}" download upx-ucl)
+        apt-get install -y -qq --no-install-recommends "$lists"/upx-ucl_*.deb >/dev/null
+        rm -rf "$lists"
+    fi
+fi
+
 venv=.venv
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"

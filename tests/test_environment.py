@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -65,9 +66,11 @@ int main(void)
 """
 
 
-def redhand(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def redhand(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """redhand, with no limit on the size of the program's core (the kernel writes one)."""
-    return run_redhand(*args, cwd=cwd, preexec_fn=unlimited_core)
+    return run_redhand(*args, cwd=cwd, env=env, preexec_fn=unlimited_core)
 
 
 def run_report(exe: Path, folder: Path) -> dict[str, object]:
@@ -196,6 +199,71 @@ def test_a_program_unpacked_into_anonymous_memory_is_named_from_an_unpacked_copy
         ]
         result = redhand("core", "--json", str(core), "--exe", str(other_build))
         assert any("its code differs" in w for w in json.loads(result.stdout)["warnings"])
+
+
+def upx_packed(program: Path) -> Path:
+    if shutil.which("upx") is None:
+        pytest.skip("upx is not installed (tests/run.sh installs upx-ucl)")
+    packed = program.with_name(f"{program.name}-packed")
+    shutil.copy(program, packed)
+    subprocess.run(["upx", "-q", "-q", str(packed)], check=True, capture_output=True, timeout=120)
+    return packed
+
+
+def names(document: dict[str, object]) -> list[object]:
+    return [frame["function"] for frame in crash_frames(document)[:3]]
+
+
+@pytest.mark.parametrize("build", ["static", "dynamic PIE"])
+def test_a_upx_packed_program_is_explained_and_unpacked_by_upx(tmp_path: Path, build: str) -> None:
+    flags = ["-O1", "-g", "-static"] if build == "static" else ["-O1", "-g"]
+    program = compile_c(UNPACKED, tmp_path, flags)
+    packed = upx_packed(program)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+
+    def report(*options: str, **changes: str) -> dict[str, object]:
+        result = redhand(
+            "run", "--json", *options, "--", str(packed), cwd=tmp_path, env={**env, **changes}
+        )
+        assert result.returncode == 128 + signal.SIGSEGV, result.stderr
+        document: dict[str, object] = json.loads(result.stdout.splitlines()[-1])
+        return document
+
+    # Without upx: UPX named with its evidence, the crash in anonymous code, and what to do.
+    bare = report(PATH="/nonexistent")
+    program_facts = bare["program"]
+    assert program_facts["packer"] == "UPX"  # type: ignore[index]
+    (packed_fact,) = [f for f in program_facts["unusual"] if f["key"] == "packed"]  # type: ignore[index]
+    assert (
+        "'UPX!' marks" in packed_fact["evidence"]
+        and "no section headers" in packed_fact["evidence"]
+    )
+    assert names(bare)[0] is None
+    assert any("upx is not installed" in w for w in bare["warnings"])  # type: ignore[attr-defined]
+
+    # With upx: redhand unpacks a copy itself, checks it against memory and says so.
+    unpacked = report()
+    assert names(unpacked) == ["store", "unpacked_work", "main"]
+    assert "upx unpacked" in anonymous_code_fact(unpacked)["what"]
+    assert (unpacked["program"]["static"] is True) is (build == "static")  # type: ignore[index]
+    if build != "static":
+        assert unpacked["program"]["interpreter"]  # type: ignore[index]
+    assert any(cache.rglob(f"*-{packed.name}"))
+
+    # With the build before packing, given with --exe.
+    given = report("--exe", str(program))
+    assert names(given) == ["store", "unpacked_work", "main"]
+    assert f"named from {program}" in anonymous_code_fact(given)["what"]
+
+    if kernel_writes_cores_here():  # the kernel's core of the same crash
+        core = max(
+            (p for p in tmp_path.iterdir() if p.name.startswith("core")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        from_core = json.loads(redhand("core", "--json", str(core), env=env).stdout)
+        assert from_core["program"]["packer"] == "UPX"
+        assert names(from_core) == ["store", "unpacked_work", "main"]
 
 
 def test_a_jump_into_the_vsyscall_page(tmp_path: Path) -> None:

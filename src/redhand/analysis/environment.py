@@ -24,6 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from redhand.elf import constants as c
+from redhand.target.unpacked import UPX_MARK
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ __all__ = [
 
 VSYSCALL_START = 0xFFFFFFFFFF600000
 VSYSCALL_END = 0xFFFFFFFFFF601000
-_UPX_MARK = b"UPX!"
 _HIGH_ENTROPY = 7.2  # bits a byte: compressed or encrypted (machine code is about 5.5-6.5)
 _GLIBC_VERSION = re.compile(
     rb"GNU C Library \(([^)]*)\) (?:stable |development )?release version (\d+\.\d+)"
@@ -141,6 +141,9 @@ def program_facts(target: Target) -> ProgramFacts:
     elf = _main_elf(target)
     if elf is not None:
         _file_facts(elf, facts)
+        if facts.packer is not None:
+            _packed_mapping(target, elf, facts)
+            _unpacked_facts(target, facts)
     _loaded_libc(target, facts)
     _crash_site_facts(target, facts)
     return facts
@@ -161,7 +164,7 @@ def _file_facts(elf: ElfFile, facts: ProgramFacts) -> None:
         )
     head = elf.read(0, min(elf.size, 4096))
     tail = elf.read(max(elf.size - 4096, 0), min(elf.size, 4096))
-    marks = [name for name, data in (("header", head), ("end", tail)) if _UPX_MARK in data]
+    marks = [name for name, data in (("header", head), ("end", tail)) if UPX_MARK in data]
     if marks:
         facts.packer = "UPX"
         evidence = [f"'UPX!' marks in its {' and '.join(marks)}"]
@@ -206,6 +209,34 @@ def _file_facts(elf: ElfFile, facts: ProgramFacts) -> None:
                 )
     if facts.static:
         facts.libc = _static_libc(elf)
+
+
+def _packed_mapping(target: Target, elf: ElfFile, facts: ProgramFacts) -> None:
+    """A packed file keeps only a small mapping of itself once its stub has run."""
+    mapped = sum(
+        m.end - m.start for m in target.mappings if m.path == target.exe and m.path is not None
+    )
+    if 0 < mapped < elf.size // 2:
+        for index, fact in enumerate(facts.unusual):
+            if fact.key == "packed":
+                evidence = f"{fact.evidence}; only {mapped} of its {elf.size} bytes are mapped"
+                facts.unusual[index] = Fact(fact.key, fact.what, evidence)
+
+
+def _unpacked_facts(target: Target, facts: ProgramFacts) -> None:
+    """What the packed program really is (static or not, its interpreter), from its unpacked
+    copy when one names its code: the packed file's own headers describe the stub."""
+    copy = target.unpacked.module if target.unpacked is not None else None
+    elf = copy.elf() if copy is not None else None
+    if elf is None:
+        return
+    unpacked = ProgramFacts()
+    _file_facts(elf, unpacked)
+    facts.static, facts.pie, facts.interpreter = unpacked.static, unpacked.pie, unpacked.interpreter
+    if unpacked.libc is not None:
+        facts.libc = unpacked.libc
+    facts.unusual = [f for f in facts.unusual if f.key != "static"]
+    facts.unusual[:0] = [f for f in unpacked.unusual if f.key == "static"]
 
 
 def _static_libc(elf: ElfFile) -> str | None:
@@ -274,8 +305,11 @@ def _crash_site_facts(target: Target, facts: ProgramFacts) -> None:
             if named is None:
                 what = "its frames are less certain"
             else:
-                what = f"named from {named.path}, an unpacked copy"
-                where += f", whose bytes are {named.name}'s code, byte for byte"
+                how = target.unpacked.how if target.unpacked is not None else None
+                if how is None or how.startswith("--exe"):
+                    how = f"{named.path}, an unpacked copy"
+                what = f"named from {how}"
+                where += ", whose bytes are the copy's code, byte for byte"
             facts.unusual.append(
                 Fact(
                     "anonymous-code",

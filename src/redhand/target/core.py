@@ -61,7 +61,7 @@ from redhand.target.module import (
     vdso_module,
 )
 from redhand.target.target import Target, Thread
-from redhand.target.unpacked import place_unpacked
+from redhand.target.unpacked import find_unpacked
 
 TYPE_CHECKING = False
 
@@ -488,15 +488,16 @@ def _build(
 
     # -- threads' process and modules
     process = notes.process
-    exe_group_path = _exe_path(mappings, auxv)
-    unpacked: Module | None = None
-    if exe is not None:
-        placement = place_unpacked(exe, mappings, memory.read_core, debug_dirs)
-        unpacked = placement.module
-        if placement.problem is not None:
-            warnings.append(placement.problem)
-        if unpacked is not None or placement.problem is not None:
-            exe = None  # an unpacked copy, not a replacement for the packed file
+    execfn = _read_cstring(memory, execfn_at) if execfn_at is not None else None
+    exe_group_path = _exe_path(mappings, auxv, execfn)
+    packed = None
+    if exe_group_path is not None:
+        packed = _where(exe_group_path.removesuffix(_DELETED), sysroot)
+    found = find_unpacked(exe, packed, mappings, memory.read_core, debug_dirs)
+    if found.problem is not None:
+        warnings.append(found.problem)
+    if exe is not None and found.how == f"--exe {exe}":
+        exe = None  # an unpacked copy, not a replacement for the packed file
     modules, regions, mappings = _modules(
         mappings,
         memory,
@@ -508,17 +509,15 @@ def _build(
         writable_truncated={v for v in truncated_starts if load_flags.get(v, 0) & c.PF_W},
     )
     memory.set_file_regions(regions)
-    if unpacked is not None:
-        modules = ModuleMap([*modules, unpacked])
+    if found.module is not None:
+        modules = ModuleMap([*modules, found.module])
     if not files and any(seg.p_type == c.PT_NOTE for seg in segments):
         warnings.append(
             f"{core_path}: the core has no NT_FILE note: mapped files are unknown, so are "
             "modules and symbols (cores from kernels before 3.7 lack it)"
         )
 
-    exe_name = exe_group_path
-    if exe_name is None and execfn_at is not None:
-        exe_name = _read_cstring(memory, execfn_at)
+    exe_name = exe_group_path or execfn
     cmdline: list[str] = []
     if process is not None:
         cmdline = process.psargs.split(" ") if process.psargs else [process.fname]
@@ -540,6 +539,8 @@ def _build(
         source="core",
     )
     target.warnings.extend(warnings)
+    if found.module is not None:
+        target.unpacked = found
 
     name = process.fname if process is not None else (exe_name or "").rsplit("/", 1)[-1]
     target.made_by = notes.made_by
@@ -591,8 +592,15 @@ def _file_gaps(
     return gaps
 
 
-def _exe_path(mappings: Sequence[CoreMapping], auxv: dict[int, int]) -> str | None:
-    """The NT_FILE path of the main executable: the file mapped at AT_ENTRY (or AT_PHDR)."""
+def _exe_path(
+    mappings: Sequence[CoreMapping], auxv: dict[int, int], execfn: str | None
+) -> str | None:
+    """The NT_FILE path of the main executable: the file mapped at AT_ENTRY (or AT_PHDR).
+
+    A packed program's stub replaced its own mappings with anonymous memory:
+    then the file mapped from offset 0 whose name AT_EXECFN ends with, when
+    there is exactly one.
+    """
     starts = [m.start for m in mappings]
     for key in (AT_ENTRY, AT_PHDR):
         address = auxv.get(key)
@@ -601,18 +609,30 @@ def _exe_path(mappings: Sequence[CoreMapping], auxv: dict[int, int]) -> str | No
         index = bisect.bisect_right(starts, address) - 1
         if index >= 0 and address < mappings[index].end and mappings[index].is_file:
             return mappings[index].path
+    if execfn:
+        name = "/" + execfn.rsplit("/", 1)[-1]
+        named = {
+            m.path
+            for m in mappings
+            if m.is_file and m.offset == 0 and m.path is not None and m.path.endswith(name)
+        }
+        if len(named) == 1:
+            return named.pop()
     return None
 
 
 def _read_cstring(memory: CoreMemory, address: int, limit: int = 4096) -> str | None:
+    """A NUL-terminated string of the core, read a page at a time (AT_EXECFN's string
+    ends a few bytes before the end of the stack)."""
     data = b""
-    for size in (256, limit):
+    at = address
+    while len(data) < limit and b"\0" not in data:
+        size = min(0x1000 - (at & 0xFFF), limit - len(data))
         try:
-            data = memory.read_core(address, size)
+            data += memory.read_core(at, size)
         except MemoryReadError:
-            continue
-        if b"\0" in data:
             break
+        at += size
     nul = data.find(b"\0")
     if nul <= 0:
         return None

@@ -11,6 +11,7 @@ address it is given).
 
 from __future__ import annotations
 
+import os
 import time
 
 from redhand.proc.freeze import Snapshot, freeze
@@ -32,6 +33,8 @@ TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
+
+    from redhand.target.unpacked import Placement
 
 DEFAULT_STACK_BYTES = 1 << 20
 
@@ -80,17 +83,16 @@ def target_from_snapshot(
     memory = RegionMemory(regions, fallback=live)
     modules = live_modules(pid, snapshot.mappings, live, debug_dirs)
     problem = None
-    if exe is not None:
-        from redhand.target.unpacked import place_unpacked
-
-        placement = place_unpacked(exe, snapshot.mappings, live.read, debug_dirs)
-        if placement.module is not None:
-            modules = ModuleMap([*modules, placement.module])
-        else:
-            problem = placement.problem or (
-                f"--exe {exe} was not used: none of the code of process {pid} that no file "
-                "holds is its code (a process's own executable is read through /proc)"
-            )
+    found = _unpacked(pid, snapshot, exe, live, debug_dirs)
+    if found.module is not None:
+        modules = ModuleMap([*modules, found.module])
+    elif exe is not None and found.how is None:
+        problem = (
+            f"--exe {exe} was not used: none of the code of process {pid} that no file "
+            "holds is its code (a process's own executable is read through /proc)"
+        )
+    else:
+        problem = found.problem
     target = Target(
         pid=pid,
         exe=snapshot.exe,
@@ -104,6 +106,8 @@ def target_from_snapshot(
     )
     if problem is not None:
         target.warnings.append(problem)
+    if found.module is not None:
+        target.unpacked = found
     for captured in snapshot.threads:
         target.threads.append(
             Thread(
@@ -117,6 +121,24 @@ def target_from_snapshot(
         )
     target._add_time("modules", started)
     return target
+
+
+def _unpacked(
+    pid: int, snapshot: Snapshot, exe: str | None, live: LiveMemory, debug_dirs: Sequence[str]
+) -> Placement:
+    """A packed program's code named from ``exe``, or from what upx unpacks of its file."""
+    from redhand.target.unpacked import Placement, find_unpacked
+
+    # Looked for only when executable code belongs to no file (a packed program, a JIT).
+    if not any(m.path in (None, "") and "x" in m.perms for m in snapshot.mappings):
+        return Placement()
+    packed = f"/proc/{pid}/exe"
+    try:  # its own name when it still is the same file, for the frames' module name
+        if snapshot.exe and os.stat(snapshot.exe).st_ino == os.stat(packed).st_ino:
+            packed = snapshot.exe
+    except OSError:
+        pass
+    return find_unpacked(exe, packed, snapshot.mappings, live.read, debug_dirs)
 
 
 def live_modules(

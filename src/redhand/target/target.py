@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from redhand.symbols.dwarf import SourceLines, SourceLocation
     from redhand.target.corenotes import ProcessInfo
     from redhand.target.signals import SignalInfo
+    from redhand.target.unpacked import Placement
 
 DEFAULT_MAX_FRAMES = 1024
 
@@ -113,6 +114,8 @@ class Target:
         self.process: ProcessInfo | None = None
         """What the source says of the process (a core's NT_PRPSINFO), when known."""
         self.warnings: list[str] = []
+        self.unpacked: Placement | None = None
+        """The unpacked copy that names a packed program's code (and where it came from)."""
         self._named: dict[
             tuple[int, int], tuple[str | None, int | None, str | None, str | None, bool]
         ] = {}

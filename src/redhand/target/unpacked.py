@@ -8,12 +8,21 @@ its frames have no names and no CFI.  Given an unpacked copy of the program
 its code runs in the target, checks that the bytes there are the copy's,
 byte for byte, and returns a :class:`Module` for it: frames then get names,
 file:line and inlined calls, and the unwinder its CFI.
+
+:func:`find_unpacked` is what the targets call: the copy given with
+``--exe`` first; else, for a UPX-packed executable when ``upx`` is installed
+(Debian's upx-ucl), a copy that ``upx -d`` unpacks into redhand's cache.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import logging
 import os
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass
 
 from redhand.elf import ElfFile
@@ -32,6 +41,11 @@ log = logging.getLogger(__name__)
 _QUICK = 256
 """Bytes compared first at each candidate place, before the whole segment."""
 
+UPX_MARK = b"UPX!"
+"""What UPX writes into the files it packs, in the first and the last page."""
+
+_UPX_SECONDS = 120.0
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -46,6 +60,8 @@ class Placement:
 
     module: Module | None = None
     problem: str | None = None
+    how: str | None = None
+    """Where the copy came from, for the report: ``--exe PATH``, or upx and the copy's path."""
 
 
 def _anonymous(mapping: Mapping) -> bool:
@@ -80,13 +96,15 @@ def place_unpacked(
     mappings: Sequence[Mapping],
     read: Callable[[int, int], bytes],
     debug_dirs: Sequence[str],
+    name: str | None = None,
 ) -> Placement:
     """Match the executable at ``path`` to code in the target's anonymous memory.
 
     ``mappings`` are the target's, sorted; ``read(address, size)`` reads its
     memory.  A non-PIE copy is looked for at its link addresses; a PIE copy
     at the start of each anonymous executable mapping.  Every executable
-    segment's bytes must be the file's.
+    segment's bytes must be the file's.  ``name`` is the module's name in
+    reports (the copy's absolute path by default).
     """
     try:
         elf = ElfFile.open(path)
@@ -113,7 +131,8 @@ def place_unpacked(
             continue  # the code would not be in anonymous memory at this bias
         problem = _compare(code, bias, read, path)
         if problem is None:
-            return Placement(module=_module(path, elf, segments, mappings, bias, debug_dirs))
+            module = _module(path, name, elf, segments, mappings, bias, debug_dirs)
+            return Placement(module=module)
         mismatch = mismatch or problem
     fixed = elf.e_type == c.ET_EXEC
     elf.close()
@@ -152,6 +171,7 @@ def _compare(
 
 def _module(
     path: str,
+    name: str | None,
     elf: ElfFile,
     segments: Sequence[Segment],
     mappings: Sequence[Mapping],
@@ -159,6 +179,7 @@ def _module(
     debug_dirs: Sequence[str],
 ) -> Module:
     """The module of the matched copy: its segments that lie in anonymous memory."""
+    name = name or os.path.abspath(path)
     placed: list[Mapping] = []
     for segment in segments:
         start = (bias + segment.p_vaddr) & PAGE_MASK
@@ -167,16 +188,113 @@ def _module(
             continue
         perms = segment_perms(segment.p_flags)
         offset = segment.p_offset & PAGE_MASK
-        placed.append(Mapping(start, end, perms, offset, "00:00", 0, os.path.abspath(path)))
+        placed.append(Mapping(start, end, perms, offset, "00:00", 0, name))
     log.debug("unpacked copy %s placed at bias %#x: %d segments", path, bias, len(placed))
 
     def load() -> ElfFile:
         return elf
 
     return Module(
-        path=os.path.abspath(path),
+        path=name,
         mappings=placed,
         open_path=path,
         loader=load,
         debug_dirs=debug_dirs,
     )
+
+
+def find_unpacked(
+    exe: str | None,
+    packed: str | None,
+    mappings: Sequence[Mapping],
+    read: Callable[[int, int], bytes],
+    debug_dirs: Sequence[str],
+) -> Placement:
+    """The module of a packed program's unpacked code, from ``exe`` or from upx.
+
+    ``exe`` is the copy the user gave (``--exe``), ``packed`` the program's
+    own file as the target names it.  When ``exe`` is no unpacked copy (its
+    code is not in anonymous memory), it is taken for the program's file.
+    A UPX-packed file is unpacked with ``upx -d`` when upx is installed.
+    """
+    if exe is not None:
+        placement = place_unpacked(exe, mappings, read, debug_dirs)
+        if placement.module is not None or placement.problem is not None:
+            return Placement(placement.module, placement.problem, f"--exe {exe}")
+        packed = exe
+    if packed is None or not upx_packed(packed):
+        return Placement()
+    upx = shutil.which("upx")
+    if upx is None:
+        return Placement(
+            problem=f"{packed} is packed by UPX and upx is not installed (Debian: upx-ucl): "
+            "its frames cannot be named; install it, or give an unpacked copy with --exe"
+        )
+    copy, problem = upx_unpack(upx, packed)
+    if copy is None:
+        return Placement(problem=problem)
+    name = f"{packed} [unpacked by upx]"
+    placement = place_unpacked(copy, mappings, read, debug_dirs, name)
+    if placement.problem is not None:
+        problem = placement.problem.replace(f"--exe {copy}", f"upx's unpacked copy {copy}")
+        return Placement(problem=problem)
+    return Placement(placement.module, None, f"a copy that upx unpacked: {copy}")
+
+
+def upx_packed(path: str) -> bool:
+    """Whether the file carries UPX's marks in its first or last page."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(4096)
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(size - 4096, 0))
+            tail = file.read(4096)
+    except OSError:
+        return False
+    return head.startswith(b"\x7fELF") and (UPX_MARK in head or UPX_MARK in tail)
+
+
+def upx_unpack(upx: str, packed: str) -> tuple[str | None, str | None]:
+    """``upx -d`` of ``packed`` into redhand's cache (kept by the file's SHA-256): the copy's
+    path, or None and why not."""
+    from redhand import cache
+
+    digest = hashlib.sha256()
+    try:
+        with open(packed, "rb") as file:
+            while chunk := file.read(1 << 20):
+                digest.update(chunk)
+    except OSError as error:
+        return None, f"{packed} cannot be read to unpack it: {error.strerror or error}"
+    name = f"{digest.hexdigest()[:32]}-{os.path.basename(packed)}"
+    copy = cache.entry_path("unpacked", name)
+    if copy is None:  # no cache: a folder of this run's own, removed at exit
+        folder = tempfile.mkdtemp(prefix="redhand-unpacked-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        copy = os.path.join(folder, name)
+    if os.path.exists(copy):
+        return copy, None
+    os.makedirs(os.path.dirname(copy), mode=0o700, exist_ok=True)
+    partial = f"{copy}.{os.getpid()}.tmp"
+    try:
+        result = subprocess.run(
+            [upx, "-d", "-q", "-o", partial, packed],
+            capture_output=True,
+            text=True,
+            timeout=_UPX_SECONDS,
+            stdin=subprocess.DEVNULL,
+        )
+        if result.returncode != 0:
+            said = (result.stderr.strip() or result.stdout.strip()).splitlines()
+            reason = said[-1] if said else f"exit status {result.returncode}"
+            return None, f"upx could not unpack {packed}: {reason}"
+        os.replace(partial, copy)
+    except subprocess.TimeoutExpired:
+        return None, f"upx did not unpack {packed} in {_UPX_SECONDS:g} s"
+    except OSError as error:
+        return None, f"upx could not unpack {packed}: {error.strerror or error}"
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    log.info("unpacked %s with upx into %s", packed, copy)
+    return copy, None
