@@ -486,6 +486,40 @@ def test_signal_event_stops_before_the_handler_with_the_senders_siginfo(tmp_path
     assert status == 0 and f"got 1 from {os.getpid()}" in output
 
 
+def test_a_fatal_signal_gets_the_crash_report_and_a_handled_one_does_not(tmp_path: Path) -> None:
+    """``signal SIGSEGV``: the program dies of it, so the hit is reported as redhand core
+    reports a crash (explained, with the program and the host); SIGUSR1 above is handled,
+    and its report has no crash."""
+    null_write = r"""
+    #include <stdio.h>
+    __attribute__((noinline)) static void set(volatile int *p) { *p = 1; }
+    int main(void) { puts("start"); set((volatile int *)0); return 0; }
+    """
+    exe = compile_c(null_write, tmp_path, ["-O1", "-g"])
+    with Watcher(["signal SIGSEGV", "--json", "--", str(exe)]) as watcher:
+        assert watcher.finish() == 128 + signal.SIGSEGV, watcher.stderr
+    (document,) = watcher.documents()
+    assert document["kind"] == "watch"
+    assert document["crash"]["kind"] == "null-dereference"  # type: ignore[index]
+    assert document["program"]["static"] is False  # type: ignore[index]
+    assert document["host"]["kernel"] == os.uname().release  # type: ignore[index]
+    with Watcher(["signal SIGSEGV", "--", str(exe)]) as watcher:
+        watcher.finish()
+    assert "program: dynamic executable" in watcher.stdout
+    assert "null dereference" in watcher.stdout
+
+    handled = compile_c(USR1_PROGRAM, tmp_path, ["-g"])
+    with (
+        Program([handled]) as program,
+        Watcher(["signal SIGUSR1", "-p", str(program.pid), "--json"]) as watcher,
+    ):
+        watcher.header()
+        os.kill(program.pid, signal.SIGUSR1)
+        assert watcher.finish() == 0, watcher.stderr
+    (document,) = watcher.documents()
+    assert "crash" not in document and "program" not in document
+
+
 # -- bad input ---------------------------------------------------------------------------
 
 

@@ -38,7 +38,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from redhand.capture.events import CrashEvent, SignalEvent, SyscallEvent, parse_event
+from redhand.capture.events import (
+    CrashEvent,
+    SignalEvent,
+    SyscallEvent,
+    parse_event,
+    will_kill,
+)
 from redhand.capture.guard import Guard
 from redhand.capture.hits import Hit, SyscallCall
 from redhand.errors import Interrupted, RedhandError
@@ -196,6 +202,7 @@ class Caught:
     kind: str = "event"  # or "timeout" (redhand run: the stacks of a program out of time)
     prepared: bool = False  # the stacks were unwound and the ``prepare`` hook ran
     syscalls: list[SyscallCall] = field(default_factory=list)  # --syscalls: its last calls
+    fatal: bool = False  # a signal that ends the process when delivered (decided while held)
 
 
 class Watch:
@@ -542,7 +549,11 @@ class Watch:
             )
             if self.syscall_history and isinstance(backend, PtraceBackend):
                 caught.syscalls = backend.recent_calls(held.hit.tid)
-            if self.analyse_while_held:
+            signo = held.hit.signal
+            caught.fatal = isinstance(self.event, CrashEvent) or (
+                signo is not None and will_kill(held.pid, signo)
+            )
+            if self.analyse_while_held or caught.fatal:
                 # The process is about to die: its memory is read while it is whole.
                 self._complete(backend, caught, snapshot, held, serve=False)
                 snapshot = None
@@ -578,7 +589,7 @@ class Watch:
         def work() -> None:
             try:
                 if snapshot is not None:
-                    caught.target = self._target(snapshot, held)
+                    caught.target = self._target(snapshot, held, fatal=caught.fatal)
                     if self.analyse_while_held:  # for a caller without a prepare hook
                         for thread in caught.target.threads:
                             thread.backtrace()
@@ -636,7 +647,7 @@ class Watch:
             f"in {snapshot.frozen_ns / 1e6:.2f} ms",
         )
 
-    def _target(self, snapshot: Snapshot, held: Held) -> Target:
+    def _target(self, snapshot: Snapshot, held: Held, *, fatal: bool) -> Target:
         from redhand.symbols.debugfile import DEFAULT_DEBUG_DIRS
         from redhand.target.live import target_from_snapshot
 
@@ -647,7 +658,7 @@ class Watch:
         first = held.hit.tid
         others = {hit.tid for hit in held.also}
         target.threads.sort(key=lambda t: (t.tid != first, t.tid not in others))
-        if isinstance(self.event, CrashEvent) and held.hit.siginfo is not None:
+        if fatal and held.hit.siginfo is not None:
             # Caught at its fatal signal: the thread is the crashing one, as in a core.
             thread = target.threads[0]
             thread.crashed = True

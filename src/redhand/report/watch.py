@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TextIO
 
 from redhand.capture.watch import Caught, Watch
+from redhand.report.core import CoreReport, build_core_report, core_json, render_core_text
 from redhand.report.stack import (
     StackReport,
     build_stack_report,
@@ -59,10 +60,15 @@ def render_header(watched: Watch, stream: TextIO, style: Style | None = None) ->
     stream.flush()
 
 
-def _report(caught: Caught, max_frames: int | None, group: bool) -> StackReport | None:
-    if caught.target is None:
+def _report(caught: Caught, max_frames: int | None, group: bool) -> StackReport | CoreReport | None:
+    """The stacks; for a hit at a signal that ends the program, the crash report of
+    ``redhand core`` (the crash explained, the program and the host)."""
+    target = caught.target
+    if target is None:
         return None
-    return build_stack_report(caught.target, group=group, max_frames=max_frames)
+    if target.crash is not None:
+        return build_core_report(target, group=group, max_frames=max_frames)
+    return build_stack_report(target, group=group, max_frames=max_frames)
 
 
 def render_caught_text(
@@ -84,7 +90,10 @@ def render_caught_text(
         f"held {caught.paused_ns / 1e6:.1f} ms for the actions ({caught.backend})\n"
     )
     report = _report(caught, max_frames, group)
-    if report is not None:
+    if isinstance(report, CoreReport):
+        write("\n")
+        render_core_text(report, stream, style)
+    elif report is not None:
         write("\n")
         render_stack_text(report, stream, style)
     render_recent_calls(caught, stream, style)
@@ -127,7 +136,11 @@ def caught_json(
     caught: Caught, *, max_frames: int | None = None, group: bool = True
 ) -> dict[str, object]:
     report = _report(caught, max_frames, group)
-    document: dict[str, object] = stack_json(report) if report is not None else {"redhand": 1}
+    document: dict[str, object] = {"redhand": 1}
+    if isinstance(report, CoreReport):
+        document = core_json(report)
+    elif report is not None:
+        document = stack_json(report)
     document["kind"] = "watch"
     document["pid"] = caught.hit.pid
     call = caught.hit.call
