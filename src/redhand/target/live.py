@@ -84,14 +84,14 @@ def target_from_snapshot(
     modules = live_modules(pid, snapshot.mappings, live, debug_dirs)
     problem = None
     found = _unpacked(pid, snapshot, exe, live, debug_dirs)
-    if found.module is not None:
+    if found is not None and found.module is not None:
         modules = ModuleMap([*modules, found.module])
-    elif exe is not None and found.how is None:
+    elif exe is not None and (found is None or found.how is None):
         problem = (
             f"--exe {exe} was not used: none of the code of process {pid} that no file "
             "holds is its code (a process's own executable is read through /proc)"
         )
-    else:
+    elif found is not None:
         problem = found.problem
     target = Target(
         pid=pid,
@@ -106,7 +106,7 @@ def target_from_snapshot(
     )
     if problem is not None:
         target.warnings.append(problem)
-    if found.module is not None:
+    if found is not None and found.module is not None:
         target.unpacked = found
     for captured in snapshot.threads:
         target.threads.append(
@@ -125,13 +125,14 @@ def target_from_snapshot(
 
 def _unpacked(
     pid: int, snapshot: Snapshot, exe: str | None, live: LiveMemory, debug_dirs: Sequence[str]
-) -> Placement:
+) -> Placement | None:
     """A packed program's code named from ``exe``, or from what upx unpacks of its file."""
-    from redhand.target.unpacked import Placement, find_unpacked
-
-    # Looked for only when executable code belongs to no file (a packed program, a JIT).
+    # Looked for only when executable code belongs to no file (a packed program, a JIT):
+    # `redhand stack` of anything else imports nothing for it.
     if not any(m.path in (None, "") and "x" in m.perms for m in snapshot.mappings):
-        return Placement()
+        return None
+    from redhand.target.unpacked import find_unpacked
+
     packed = f"/proc/{pid}/exe"
     try:  # its own name when it still is the same file, for the frames' module name
         if snapshot.exe and os.stat(snapshot.exe).st_ino == os.stat(packed).st_ino:
@@ -161,3 +162,21 @@ def live_modules(
         if mapping.path == VDSO:
             modules.append(vdso_module(mapping, live.read, debug_dirs))
     return ModuleMap(modules)
+
+
+def observe(pid: int, *, debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS) -> Target:
+    """A running process as a :class:`Target` without stopping it: its mappings and modules,
+    its memory read as it runs (process_vm_readv), and no threads."""
+    from redhand.proc.procfs import read_cmdline, read_exe, read_maps
+
+    mappings = read_maps(pid)
+    live = LiveMemory(pid)
+    return Target(
+        pid=pid,
+        exe=read_exe(pid),
+        cmdline=read_cmdline(pid),
+        mappings=mappings,
+        modules=live_modules(pid, mappings, live, debug_dirs),
+        memory=live,
+        source="live",
+    )
