@@ -24,6 +24,10 @@ need lldb lldb
 need unshare util-linux
 need setpriv util-linux
 dpkg -s libc6-dbg >/dev/null 2>&1 || apt_packages+=(libc6-dbg)
+# Real LD_PRELOAD interposers, for redhand linkage
+dpkg -s libfaketime >/dev/null 2>&1 || apt_packages+=(libfaketime)
+dpkg -s libeatmydata1 >/dev/null 2>&1 || apt_packages+=(libeatmydata1)
+dpkg -s libjemalloc2 >/dev/null 2>&1 || apt_packages+=(libjemalloc2)
 # lldb's Python half (without it Debian's lldb cannot run commands from -o)
 compgen -G "/usr/lib/llvm-*/lib/python3*/dist-packages/lldb/embedded_interpreter.py" >/dev/null \
     || apt_packages+=(python3-lldb-14)

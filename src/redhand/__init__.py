@@ -6,7 +6,9 @@ its ``threads`` each have a ``backtrace()``, a sequence of :class:`Frame`.
 ``redhand.gcore(pid, path)`` writes one of a running process;
 ``redhand.watch(spec, pid=...)`` waits for an event (a failing system call)
 and yields what it caught; ``redhand.run(argv)`` runs a program under a crash
-guard and returns its crash reports and its status.
+guard and returns its crash reports and its status; ``redhand.linkage(what)``
+reads the dynamic linking of a file, a process or a core (where every GOT slot
+points, and whether that is where the dynamic linker would bind it).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from redhand.capture.gcore import GcoreResult, gcore
     from redhand.capture.run import Run, RunResult, run
     from redhand.capture.watch import Caught, Watch, watch
+    from redhand.dynlink import linkage
     from redhand.errors import (
         AlreadyTraced,
         ElfError,
@@ -73,6 +76,7 @@ _LAZY = {
     "Caught": "redhand.capture.watch",
     "GcoreResult": "redhand.capture.gcore",
     "open_core": "redhand.target.core",
+    "linkage": "redhand.dynlink",
     "Module": "redhand.target.module",
     "Target": "redhand.target.target",
     "Thread": "redhand.target.target",
@@ -123,6 +127,7 @@ __all__ = [
     "__version__",
     "attach",
     "gcore",
+    "linkage",
     "open_core",
     "run",
     "watch",

@@ -57,6 +57,7 @@ exit codes:
   12   memory could not be read
   13   an output file could not be written (nothing was left behind)
   14   eBPF could not be used (not allowed, or refused by the kernel)
+  15   linkage --check: a hooked GOT slot was found
   124  watch: --timeout passed before the event
   130  interrupted (SIGINT; another signal: 128 + its number)
   watch -- CMD exits with the program's status (128 + signal when killed)
@@ -404,6 +405,37 @@ def _commands() -> dict[str, Command]:
                 Option(("--json",), "json", FLAG, "print the JSON document (version 1)"),
             ],
             run_gcore,
+        ),
+        "linkage": Command(
+            "the dynamic linking of a file, a live process or a core: PLT, GOT slots, hooks",
+            "For a file: what it needs (DT_NEEDED, RPATH/RUNPATH, the interpreter), its imports "
+            "by kind with their versions and PLT stubs, its exports, lazy or immediate binding "
+            "and RELRO. For a process (PID, read as it runs, never stopped) or a core: the link "
+            "map of every namespace, and every GOT slot of every object, compared with where "
+            "the dynamic linker's own lookup binds it: bound, not yet bound (lazy), an IFUNC's "
+            "variant, interposed by an LD_PRELOAD library, bound elsewhere, or hooked (pointing "
+            "where no lookup puts it: another function, anonymous memory).",
+            ("what", "PID|FILE|CORE", str),
+            [
+                Option(
+                    ("--symbol",),
+                    "symbol",
+                    VALUE,
+                    "only this symbol: who provides it to every object, through which slot",
+                    metavar="NAME",
+                ),
+                Option(
+                    ("--check",),
+                    "check",
+                    FLAG,
+                    "only what is unusual (hooked, bound elsewhere, interposed); exit code 15 "
+                    "when a slot is hooked",
+                ),
+                Option(("--all",), "every", FLAG, "list every slot (a process or a core)"),
+                Option(("--exports",), "exports", FLAG, "list the exported symbols (a file)"),
+                Option(("--json",), "json", FLAG, "print the JSON document (version 1)"),
+            ],
+            run_linkage,
         ),
         "watch": Command(
             "wait for a system call's result or a signal, stop the program there and act",
@@ -885,6 +917,42 @@ def run_gcore(args: Arguments) -> int:
         render_gcore_json(result, sys.stdout)
     else:
         render_gcore_text(result, sys.stdout)
+    return 0
+
+
+EXIT_HOOKED = 15
+
+
+def run_linkage(args: Arguments) -> int:
+    from redhand.dynlink import Linkage, Status, linkage
+    from redhand.report._json import dumps
+    from redhand.report.linkage import (
+        file_json,
+        linkage_json,
+        render_file_text,
+        render_linkage_text,
+    )
+
+    what: str | int = args.what
+    if isinstance(what, str) and what.isdigit() and not os.path.exists(what):
+        what = _pid(what)
+    result = linkage(what)
+    if isinstance(result, Linkage):
+        if args.json:
+            document = linkage_json(
+                result, symbol=args.symbol, check=args.check, every=not args.check
+            )
+            sys.stdout.write(dumps(document) + "\n")
+        else:
+            render_linkage_text(
+                result, sys.stdout, symbol=args.symbol, check=args.check, every=args.every
+            )
+        hooked = any(slot.status is Status.HOOKED for slot in result.slots)
+        return EXIT_HOOKED if args.check and hooked else 0
+    if args.json:
+        sys.stdout.write(dumps(file_json(result, symbol=args.symbol)) + "\n")
+    else:
+        render_file_text(result, sys.stdout, symbol=args.symbol, exports=args.exports)
     return 0
 
 
