@@ -83,7 +83,7 @@ def test_every_slot_agrees_with_the_dynamic_linkers_own_account(
     log = tmp_path / "ld"
     env = {**os.environ, "LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(log)}
     with Program([exe, load, plugin], env=env) as program:
-        document = linkage_of(program.pid)
+        document = linkage_of(program.pid, "--data")
     if load == "--dlmopen":
         assert document["namespaces"] == 2
         isolated = [m for m in document["modules"] if m["namespace"] == 1]  # type: ignore[attr-defined,index]
@@ -169,13 +169,15 @@ def test_an_ld_preload_interposer_is_marked_interposed_and_nothing_hooked(
 def test_slots_a_program_overwrote_are_hooked_and_say_where_they_point(tmp_path: Path) -> None:
     exe = compile_c("linked.c", tmp_path, [*LINKED, "-Wl,-z,now", "-Wl,-z,relro"])
     with Program([exe, "--hook-own", "--hook-anon"]) as program:
-        document = linkage_of(program.pid)
+        document = linkage_of(program.pid, "--data")
+        got_only = linkage_of(program.pid)
         checked = redhand("linkage", str(program.pid), "--check")
     hooked = {str(s["symbol"]): s for s in slots(document) if s["status"] == "hooked"}
     assert set(hooked) == {"puts", "getpid"}
     assert "hooked_puts" in str(hooked["puts"]["points_to"])
     assert "libc.so.6's puts" in str(hooked["puts"]["reason"])
     assert "anonymous rwxp memory" in str(hooked["getpid"]["reason"])
+    assert {s["kind"] for s in slots(got_only)} <= {"JUMP_SLOT", "GLOB_DAT", "IRELATIVE"}
     (reassigned,) = [s for s in slots(document) if s["status"] == "reassigned"]
     assert reassigned["symbol"] == "malloc" and "hooked_allocate" in str(reassigned["points_to"])
     assert checked.returncode == 15
@@ -185,8 +187,8 @@ def test_slots_a_program_overwrote_are_hooked_and_say_where_they_point(tmp_path:
 def test_python_api_and_the_symbol_filter(tmp_path: Path) -> None:
     exe = compile_c("linked.c", tmp_path, LINKED)
     with Program([exe]) as program:
-        result = api.linkage(program.pid)
-        text = redhand("linkage", str(program.pid), "--symbol", "malloc").stdout
+        result = api.linkage(program.pid, data=True)
+        text = redhand("linkage", str(program.pid), "--symbol", "malloc", "--data").stdout
     from redhand.dynlink import Linkage
 
     assert isinstance(result, Linkage)

@@ -432,6 +432,13 @@ def _commands() -> dict[str, Command]:
                     "when a slot is hooked",
                 ),
                 Option(("--all",), "every", FLAG, "list every slot (a process or a core)"),
+                Option(
+                    ("--data",),
+                    "data",
+                    FLAG,
+                    "also the pointers in data that the dynamic linker filled (function "
+                    "pointers, vtables: R_X86_64_64), not only the GOT slots",
+                ),
                 Option(("--exports",), "exports", FLAG, "list the exported symbols (a file)"),
                 Option(("--json",), "json", FLAG, "print the JSON document (version 1)"),
             ],
@@ -936,13 +943,17 @@ def run_linkage(args: Arguments) -> int:
     what: str | int = args.what
     if isinstance(what, str) and what.isdigit() and not os.path.exists(what):
         what = _pid(what)
-    result = linkage(what)
+    result = linkage(what, data=args.data)
     if isinstance(result, Linkage):
         if args.json:
+            import json
+
             document = linkage_json(
                 result, symbol=args.symbol, check=args.check, every=not args.check
             )
-            sys.stdout.write(dumps(document) + "\n")
+            # One line: a process's document holds tens of thousands of slots (indenting
+            # them took four times as long as the rest, and doubled its size).
+            sys.stdout.write(json.dumps(document) + "\n")
         else:
             render_linkage_text(
                 result, sys.stdout, symbol=args.symbol, check=args.check, every=args.every

@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from redhand.dynlink.dynamic import Dynamic, DynSymbol, Import, Kind, read_dynamic
+from redhand.dynlink.dynamic import (
+    Dynamic,
+    DynSymbol,
+    Import,
+    Kind,
+    cached_dynamic,
+    read_dynamic,
+)
 from redhand.dynlink.process import Binding, Linkage, LinkedModule, Slot, Status, process_linkage
 
 TYPE_CHECKING = False
@@ -33,6 +40,7 @@ __all__ = [
     "file_linkage",
     "linkage",
     "process_linkage",
+    "read_dynamic",
 ]
 
 
@@ -52,7 +60,7 @@ def file_linkage(path: str | os.PathLike[str]) -> FileLinkage:
 
     name = os.fspath(path)
     with ElfFile.open(name) as elf:
-        dynamic = read_dynamic(elf, name)
+        dynamic = cached_dynamic(elf, name)
         result = FileLinkage(dynamic)
         if elf.num_sections():
             try:
@@ -62,22 +70,26 @@ def file_linkage(path: str | os.PathLike[str]) -> FileLinkage:
     return result
 
 
-def linkage(what: int | str | os.PathLike[str] | Target) -> Linkage | FileLinkage:
-    """The linkage of a pid, a :class:`Target`, a core file or an ELF file (see above)."""
+def linkage(
+    what: int | str | os.PathLike[str] | Target, *, data: bool = False
+) -> Linkage | FileLinkage:
+    """The linkage of a pid, a :class:`Target`, a core file or an ELF file (see above).
+    ``data``: a process's pointers in data too (function pointers, vtables), not only its
+    GOT slots."""
     from redhand.target.target import Target
 
     if isinstance(what, Target):
-        return process_linkage(what)
+        return process_linkage(what, data=data)
     if isinstance(what, int):
         from redhand.target.live import observe
 
-        return process_linkage(observe(what))
+        return process_linkage(observe(what), data=data)
     path = os.fspath(what)
     if _is_core(path):
         from redhand.target.core import open_core
 
         with open_core(path, source=False) as target:
-            return process_linkage(target)
+            return process_linkage(target, data=data)
     return file_linkage(path)
 
 

@@ -18,13 +18,19 @@ The PLT stubs come from :mod:`redhand.elf.plt` (they need section headers).
 
 from __future__ import annotations
 
+import marshal
 import struct
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any, NamedTuple
 
 from redhand.elf import ElfFile
 from redhand.elf import constants as c
 from redhand.errors import ElfError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
@@ -60,17 +66,16 @@ class Kind(Enum):
     @property
     def slot(self) -> bool:
         """A slot that holds an address: a GOT slot the code jumps or loads through, or a
-        pointer in data (R_X86_64_64: a function pointer, a vtable's entry)."""
+        pointer in data (R_X86_64_64: a function pointer, a vtable's entry; read on demand)."""
         return self in (Kind.JUMP_SLOT, Kind.GLOB_DAT, Kind.IRELATIVE, Kind.ABS64)
 
 
-@dataclass(frozen=True)
-class DynSymbol:
+class DynSymbol(NamedTuple):
     """One dynamic symbol.  ``version`` is the version it defines (a definition) or needs
     (a reference, with ``version_file``, the file that should provide it); ``hidden``: a
     non-default version (``name@VERSION``), which an unversioned reference never binds to."""
 
-    index: int
+    number: int  # its index in the dynamic symbol table
     name: str
     value: int
     size: int
@@ -118,8 +123,7 @@ _BIND_NAMES = {c.STB_LOCAL: "LOCAL", c.STB_GLOBAL: "GLOBAL", c.STB_WEAK: "WEAK",
 _VISIBILITY_NAMES = ("DEFAULT", "INTERNAL", "HIDDEN", "PROTECTED")
 
 
-@dataclass(frozen=True)
-class Import:
+class Import(NamedTuple):
     """One relocation that binds: its slot's link-time address (``offset``), its kind,
     the symbol (None for IRELATIVE, whose ``addend`` is the IFUNC resolver), and whether
     it is bound lazily (in ``DT_JMPREL`` of a file without immediate binding)."""
@@ -160,35 +164,105 @@ class Dynamic:
     bind_now: bool = False
     symbolic: bool = False
     relro: str = "none"  # "none", "partial" or "full"
-    symbols: list[DynSymbol] = field(default_factory=list)
-    imports: list[Import] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    _exports: dict[str, list[DynSymbol]] | None = field(default=None, repr=False)
-    _canonical: dict[str, list[DynSymbol]] | None = field(default=None, repr=False)
+    # Read from the file, the symbols and imports are lists; from the cache, columns and rows
+    # that become DynSymbol and Import objects only as they are asked for.
+    _symbols: list[DynSymbol] | None = field(default=None, repr=False)
+    _columns: tuple[Sequence[Any], ...] | None = field(default=None, repr=False)
+    _made: dict[int, DynSymbol] = field(default_factory=dict, repr=False)
+    _imports: list[Import] | None = field(default=None, repr=False)
+    _import_rows: Sequence[tuple[int, int, int, int, bool]] | None = field(default=None, repr=False)
+    _export_numbers: dict[str, tuple[int, ...]] | None = field(default=None, repr=False)
+    _canonical_numbers: dict[str, tuple[int, ...]] | None = field(default=None, repr=False)
 
     @property
-    def exports(self) -> dict[str, list[DynSymbol]]:
-        """Defined global, weak and unique symbols by name (what lookups can bind to)."""
-        if self._exports is None:
-            exports: dict[str, list[DynSymbol]] = {}
+    def symbols(self) -> list[DynSymbol]:
+        """Every dynamic symbol, by number."""
+        if self._symbols is None:
+            columns = self._columns or ((),)
+            self._symbols = [
+                self._made.get(number) or DynSymbol(number, *row)
+                for number, row in enumerate(zip(*columns, strict=True))
+            ]
+        return self._symbols
+
+    def symbol(self, number: int) -> DynSymbol:
+        """The dynamic symbol ``number`` (made alone when the rest are not needed)."""
+        if self._symbols is not None:
+            return self._symbols[number]
+        made = self._made.get(number)
+        if made is None:
+            assert self._columns is not None
+            made = self._made[number] = DynSymbol(number, *(c[number] for c in self._columns))
+        return made
+
+    @property
+    def imports(self) -> list[Import]:
+        """Every relocation that binds, in the file's order."""
+        if self._imports is None:
+            self._imports = self._make_imports(self._import_rows or (), None)
+        return self._imports
+
+    def slot_imports(self, data: bool) -> list[Import]:
+        """The imports whose slots a process holds: its GOT (and, with ``data``, pointers
+        in data)."""
+        kinds = {k.value for k in Kind if k.slot and (data or k is not Kind.ABS64)}
+        if self._imports is not None:
+            return [entry for entry in self._imports if entry.kind.value in kinds]
+        return self._make_imports(self._import_rows or (), kinds)
+
+    def _make_imports(
+        self, rows: Sequence[tuple[int, int, int, int, bool]], kinds: set[int] | None
+    ) -> list[Import]:
+        by_value = {kind.value: kind for kind in Kind}
+        symbol = self.symbol
+        return [
+            Import(offset, by_value[r_type], symbol(number) if number >= 0 else None, addend, lazy)
+            for offset, r_type, number, addend, lazy in rows
+            if kinds is None or r_type in kinds
+        ]
+
+    @property
+    def export_numbers(self) -> dict[str, tuple[int, ...]]:
+        """Defined global, weak and unique symbols (what lookups can bind to): name -> their
+        numbers in :attr:`symbols`."""
+        if self._export_numbers is None:
+            found: dict[str, list[int]] = {}
             for symbol in self.symbols:
                 if symbol.defined and symbol.bind != c.STB_LOCAL and symbol.name:
                     if symbol.visibility & 3 in (c.STV_HIDDEN, c.STV_INTERNAL):
                         continue
-                    exports.setdefault(symbol.name, []).append(symbol)
-            self._exports = exports
-        return self._exports
+                    found.setdefault(symbol.name, []).append(symbol.number)
+            self._export_numbers = {name: tuple(numbers) for name, numbers in found.items()}
+        return self._export_numbers
 
     @property
-    def canonical(self) -> dict[str, list[DynSymbol]]:
+    def canonical_numbers(self) -> dict[str, tuple[int, ...]]:
         """Undefined functions with a value: a non-PIE executable's PLT entries that stand
         for the functions' addresses (what data references to them bind to)."""
-        if self._canonical is None:
-            self._canonical = {}
+        if self._canonical_numbers is None:
+            found: dict[str, list[int]] = {}
             for symbol in self.symbols:
                 if not symbol.defined and symbol.value and symbol.name:
-                    self._canonical.setdefault(symbol.name, []).append(symbol)
-        return self._canonical
+                    found.setdefault(symbol.name, []).append(symbol.number)
+            self._canonical_numbers = {name: tuple(numbers) for name, numbers in found.items()}
+        return self._canonical_numbers
+
+    def exported(self, name: str) -> list[DynSymbol]:
+        """The definitions of ``name`` that lookups can bind to."""
+        return [self.symbol(number) for number in self.export_numbers.get(name, ())]
+
+    def canonical(self, name: str) -> list[DynSymbol]:
+        return [self.symbol(number) for number in self.canonical_numbers.get(name, ())]
+
+    @property
+    def exports(self) -> dict[str, list[DynSymbol]]:
+        """Every export by name (for reports; lookups use :meth:`exported`)."""
+        symbols = self.symbols
+        return {
+            name: [symbols[number] for number in numbers]
+            for name, numbers in self.export_numbers.items()
+        }
 
     @property
     def versions_defined(self) -> bool:
@@ -246,8 +320,8 @@ def read_dynamic(elf: ElfFile, path: str | None = None) -> Dynamic:
         result.rpath = _cstring(strtab, values[c.DT_RPATH])
     if c.DT_RUNPATH in values:
         result.runpath = _cstring(strtab, values[c.DT_RUNPATH])
-    result.symbols = _symbols(elf, values, strtab, result)
-    result.imports = _imports(elf, values, result)
+    result._symbols = _read_symbols(elf, values, strtab, result)
+    result._imports = _read_imports(elf, values, result)
     return result
 
 
@@ -296,7 +370,7 @@ def _gnu_hash_count(elf: ElfFile, vaddr: int) -> int:
     raise ElfError(elf.path, "a GNU hash chain that does not end")
 
 
-def _symbols(
+def _read_symbols(
     elf: ElfFile, values: dict[int, int], strtab: bytes, result: Dynamic
 ) -> list[DynSymbol]:
     count = _symbol_count(elf, values, result)
@@ -309,10 +383,12 @@ def _symbols(
     defined = _verdefs(elf, values, strtab, result)
     needed = _verneeds(elf, values, strtab, result)
     symbols = []
+    name_of = _names(strtab)
+    versions = len(indexes)
     for index, (name, info, other, shndx, value, size) in enumerate(_SYM.iter_unpack(raw)):
         version = version_file = None
         hidden = False
-        if index < len(indexes) and indexes[index] > 1:
+        if index < versions and indexes[index] > 1:
             number = indexes[index] & 0x7FFF
             hidden = bool(indexes[index] & VERSYM_HIDDEN)
             if shndx != c.SHN_UNDEF and number in defined:
@@ -321,10 +397,13 @@ def _symbols(
                 version, version_file = needed[number]
             elif number in defined:
                 version = defined[number]
+        text = name_of.get(name)
+        if text is None:
+            text = _cstring(strtab, name)  # a suffix of another string
         symbols.append(
             DynSymbol(
                 index,
-                _cstring(strtab, name),
+                text,
                 value,
                 size,
                 info & 0xF,
@@ -337,6 +416,20 @@ def _symbols(
             )
         )
     return symbols
+
+
+def _names(strtab: bytes) -> dict[int, str]:
+    """Offset -> the string that starts there, for every string of a string table."""
+    names: dict[int, str] = {}
+    at = 0
+    for piece in strtab.decode("utf-8", "surrogateescape").split("\0"):
+        names[at] = piece
+        at += (
+            len(piece.encode("utf-8", "surrogateescape")) + 1
+            if not piece.isascii()
+            else len(piece) + 1
+        )
+    return names
 
 
 def _verdefs(
@@ -389,7 +482,7 @@ def _verneeds(
     return found
 
 
-def _imports(elf: ElfFile, values: dict[int, int], result: Dynamic) -> list[Import]:
+def _read_imports(elf: ElfFile, values: dict[int, int], result: Dynamic) -> list[Import]:
     imports: list[Import] = []
     tables = [
         (values.get(c.DT_RELA), values.get(c.DT_RELASZ, 0), "DT_RELA", False),
@@ -400,18 +493,116 @@ def _imports(elf: ElfFile, values: dict[int, int], result: Dynamic) -> list[Impo
         tables.pop()
     kinds = {kind.value: kind for kind in Kind}
     symbols = result.symbols
+    count = len(symbols)
     plt_start = values.get(c.DT_JMPREL, 0)
     plt_end = plt_start + values.get(c.DT_PLTRELSZ, 0)
+    relative = c.R_X86_64_RELATIVE
     for at, size, what, plt in tables:
-        raw = _read(elf, at, size - size % _RELA.size, what, result)
-        for number, (offset, info, addend) in enumerate(_RELA.iter_unpack(raw)):
-            if not plt and at is not None and plt_start <= at + number * _RELA.size < plt_end:
-                continue  # an old layout's DT_RELA that covers DT_JMPREL: read as PLT below
-            r_type, r_sym = info & 0xFFFFFFFF, info >> 32
+        size -= size % _RELA.size
+        if not plt and at is not None and at < plt_end and plt_start < at + size:
+            # An old layout's DT_RELA that covers DT_JMPREL: those are read as PLT below.
+            size = max(plt_start - at, 0) // _RELA.size * _RELA.size
+        raw = _read(elf, at, size, what, result)
+        lazy_kind = Kind.JUMP_SLOT if plt and not result.bind_now else None
+        for offset, info, addend in _RELA.iter_unpack(raw):
+            r_type = info & 0xFFFFFFFF
+            if r_type == relative:
+                continue
             kind = kinds.get(r_type)
+            r_sym = info >> 32
             if kind is None or (r_sym == 0 and kind is not Kind.IRELATIVE):
                 continue
-            symbol = symbols[r_sym] if 0 < r_sym < len(symbols) else None
-            lazy = plt and kind is Kind.JUMP_SLOT and not result.bind_now
-            imports.append(Import(offset, kind, symbol, addend, lazy))
+            symbol = symbols[r_sym] if 0 < r_sym < count else None
+            imports.append(Import(offset, kind, symbol, addend, kind is lazy_kind))
     return imports
+
+
+# -- the persistent cache ---------------------------------------------------------------
+
+_CACHE_KIND = "dynamic"
+_PAYLOAD_VERSION = 3
+_KIND_VALUES = frozenset(kind.value for kind in Kind)
+
+
+def cached_dynamic(elf: ElfFile, path: str) -> Dynamic:
+    """:func:`read_dynamic`, kept in redhand's cache by the file's build-id: a process maps
+    the same libraries run after run, and parsing their symbols is most of the time."""
+    from redhand import cache
+
+    build_id = elf.build_id
+    if build_id is None:
+        return read_dynamic(elf, path)
+    name = f"{build_id}-{elf.size}"
+    found = _load(cache.read(_CACHE_KIND, name), path)
+    if found is not None:
+        return found
+    result = read_dynamic(elf, path)
+    try:
+        payload = marshal.dumps((_PAYLOAD_VERSION, _to_rows(result)))  # type: ignore[arg-type]
+    except (OverflowError, ValueError):
+        return result
+    cache.write(_CACHE_KIND, name, payload)
+    return result
+
+
+def _to_rows(result: Dynamic) -> tuple[object, ...]:
+    return (
+        result.type,
+        result.interpreter,
+        result.soname,
+        tuple(result.needed),
+        result.rpath,
+        result.runpath,
+        result.bind_now,
+        result.symbolic,
+        result.relro,
+        tuple(list(column) for column in zip(*result.symbols, strict=True))[1:],
+        tuple(
+            (
+                entry.offset,
+                entry.kind.value,
+                entry.symbol.number if entry.symbol is not None else -1,
+                entry.addend,
+                entry.lazy,
+            )
+            for entry in result.imports
+        ),
+        tuple(result.warnings),
+        result.export_numbers,
+        result.canonical_numbers,
+    )
+
+
+def _load(payload: bytes | None, path: str) -> Dynamic | None:
+    if payload is None:
+        return None
+    try:
+        version, rows = marshal.loads(payload)
+        if version != _PAYLOAD_VERSION:
+            return None
+        (file_type, interpreter, soname, needed, rpath, runpath, bind_now, symbolic, relro,
+         symbol_columns, import_rows, warnings, export_numbers,
+         canonical_numbers) = rows  # fmt: skip
+        if len(symbol_columns) != len(DynSymbol._fields) - 1:
+            return None
+        if any(r_type not in _KIND_VALUES for _o, r_type, _n, _a, _l in import_rows):
+            return None
+    except (ValueError, EOFError, TypeError):
+        return None
+    return Dynamic(
+        path=path,
+        type=file_type,
+        interpreter=interpreter,
+        soname=soname,
+        needed=list(needed),
+        rpath=rpath,
+        runpath=runpath,
+        bind_now=bind_now,
+        symbolic=symbolic,
+        relro=relro,
+        warnings=list(warnings),
+        _columns=symbol_columns,
+        _import_rows=import_rows,
+        _export_numbers=export_numbers,
+        _canonical_numbers=canonical_numbers,
+    )

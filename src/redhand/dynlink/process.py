@@ -19,13 +19,15 @@ executable skipped for a copy relocation.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
-from redhand.dynlink.dynamic import Dynamic, DynSymbol, Import, Kind, read_dynamic
+from redhand.dynlink.dynamic import Dynamic, DynSymbol, Import, Kind, cached_dynamic
 from redhand.elf import constants as c
 from redhand.errors import ElfError, MemoryReadError, RedhandError
 
@@ -92,7 +94,7 @@ class LinkedModule:
     def elf(self) -> ElfFile | None:
         return self.module.elf() if self.module is not None else None
 
-    @property
+    @functools.cached_property
     def short(self) -> str:
         return self.path.rsplit("/", 1)[-1]
 
@@ -122,8 +124,7 @@ class LinkedModule:
         }
 
 
-@dataclass(frozen=True)
-class Binding:
+class Binding(NamedTuple):
     """A definition: the module and its symbol, at ``address`` in the process."""
 
     module: LinkedModule
@@ -180,11 +181,19 @@ class Linkage:
     namespaces: int = 0
     warnings: list[str] = field(default_factory=list)
 
-    def counts(self, module: LinkedModule | None = None) -> dict[Status, int]:
+    def counts(self) -> dict[Status, int]:
+        """How many slots have each status."""
         counts: dict[Status, int] = {}
         for slot in self.slots:
-            if module is None or slot.owner is module:
-                counts[slot.status] = counts.get(slot.status, 0) + 1
+            counts[slot.status] = counts.get(slot.status, 0) + 1
+        return counts
+
+    def counts_by_module(self) -> dict[int, dict[Status, int]]:
+        """The same for each object, by the object's id()."""
+        counts: dict[int, dict[Status, int]] = {}
+        for slot in self.slots:
+            mine = counts.setdefault(id(slot.owner), {})
+            mine[slot.status] = mine.get(slot.status, 0) + 1
         return counts
 
 
@@ -411,29 +420,66 @@ def _is_vdso(module: LinkedModule) -> bool:
 class Scopes:
     """The lookup scope of each object, as ld.so builds them."""
 
-    def __init__(self, modules: Sequence[LinkedModule]) -> None:
+    def __init__(self, modules: Sequence[LinkedModule], *, data: bool = False) -> None:
         self.modules = modules
+        self.data = data  # whether pointers in data are looked up too
         self.global_scope = [
             m for m in modules if m.namespace == 0 and m.startup and not _is_vdso(m)
         ]
         # A dlopen'ed object and the dependencies loaded with it are relocated with the
         # global scope, then the searchlist of the object dlopen() was called for (its
         # root): the first not-yet-placed object of the link map, and everything it needs.
-        self._scope: dict[int, list[LinkedModule]] = {}
-        in_global = {id(m) for m in self.global_scope}
+        # A dlopen'ed object's own part of its scope: object id -> rank in that part.
+        self._extra: dict[int, dict[int, int]] = {}
+        self._global = {id(m) for m in self.global_scope}
         for module in modules:
-            placed = id(module) in self._scope or id(module) in in_global
+            placed = id(module) in self._extra or id(module) in self._global
             if module.namespace != 0 or placed or _is_vdso(module):
                 continue
-            searchlist = self._dependencies(module)
-            scope = self.global_scope + [m for m in searchlist if id(m) not in in_global]
-            for member in searchlist:
-                self._scope.setdefault(id(member), scope)
+            extra = [m for m in self._dependencies(module) if id(m) not in self._global]
+            ranks = {id(member): rank for rank, member in enumerate(extra)}
+            for member in extra:
+                self._extra.setdefault(id(member), ranks)
+        # One index per namespace, over every object in link-map order; a lookup keeps the
+        # objects of the referencing object's scope (the global scope keeps that order).
+        self._indexes: dict[int, dict[str, list[_Provider]]] = {}
+        # (name, namespace, part) -> providers
+        self._kept: dict[tuple[str, int, int], list[_Provider]] = {}
+
+    def providers(self, module: LinkedModule, name: str) -> list[_Provider]:
+        """The objects of ``module``'s scope that define ``name`` (or hold a canonical PLT
+        address for it), in scope order; kept by name and part of a scope."""
+        extra = self._extra.get(id(module))
+        key = (name, module.namespace, id(extra))
+        kept = self._kept.get(key)
+        if kept is not None:
+            return kept
+        index = self._indexes.get(module.namespace)
+        if index is None:
+            members = [m for m in self.modules if m.namespace == module.namespace]
+            index = self._indexes[module.namespace] = _index(members, self.data)
+        found = index.get(name) or []
+        if module.namespace != 0:
+            kept = found
+        else:
+            in_global = self._global
+            kept = [p for p in found if id(p[0]) in in_global]
+            if extra is not None:
+                own = [p for p in found if id(p[0]) in extra]
+                own.sort(key=lambda p: extra[id(p[0])])
+                kept += own
+        self._kept[key] = kept
+        return kept
 
     def of(self, module: LinkedModule) -> list[LinkedModule]:
+        """The objects of ``module``'s scope, in order."""
         if module.namespace != 0:
             return [m for m in self.modules if m.namespace == module.namespace]
-        return self._scope.get(id(module), self.global_scope)
+        extra = self._extra.get(id(module))
+        if extra is None:
+            return list(self.global_scope)
+        own = sorted((m for m in self.modules if id(m) in extra), key=lambda m: extra[id(m)])
+        return [*self.global_scope, *own]
 
     def _dependencies(self, root: LinkedModule) -> list[LinkedModule]:
         peers = [m for m in self.modules if m.namespace == root.namespace]
@@ -451,24 +497,48 @@ class Scopes:
         return order
 
 
-def _choose(candidates: Sequence[DynSymbol], wanted: DynSymbol, kind: Kind) -> DynSymbol | None:
-    """The definition among one object's that a reference binds to (ld.so's do_lookup_x)."""
-    usable = [
-        s for s in candidates if s.type in _ACCEPTED_TYPES and (s.value != 0 or s.type == c.STT_TLS)
-    ]
-    if not usable:
-        return None
-    if wanted.version is not None:
-        if not any(s.version is not None for s in usable):
-            return usable[0]  # an object without versions satisfies any
-        for symbol in usable:
-            if symbol.version == wanted.version:
+_Provider = tuple["LinkedModule", "Sequence[DynSymbol]", "Sequence[DynSymbol]"]
+
+
+def _index(modules: Sequence[LinkedModule], data: bool) -> dict[str, list[_Provider]]:
+    """Symbol name -> (object, its definitions, its canonical PLT addresses), in order, for
+    the names the objects import."""
+    wanted: set[str] = set()
+    for member in modules:
+        if member.dynamic is not None:
+            wanted.update(e.symbol.name for e in member.dynamic.slot_imports(data) if e.symbol)
+    index: dict[str, list[_Provider]] = {}
+    for member in modules:
+        dynamic = member.dynamic
+        if dynamic is None:
+            continue
+        exports, canonical = dynamic.export_numbers, dynamic.canonical_numbers
+        for key in exports.keys() & wanted:
+            addresses = dynamic.canonical(key) if key in canonical else ()
+            index.setdefault(key, []).append((member, dynamic.exported(key), addresses))
+        for key in canonical.keys() & wanted:
+            if key not in exports:
+                index.setdefault(key, []).append((member, (), dynamic.canonical(key)))
+    return index
+
+
+def _choose(candidates: Sequence[DynSymbol], wanted: DynSymbol) -> DynSymbol | None:
+    """The definition among one object's that a reference binds to (ld.so's check_match):
+    the version asked for, or an unversioned definition; for an unversioned reference the
+    default version, else a non-default one when it is the only one."""
+    version = wanted.version
+    hidden: list[DynSymbol] = []
+    for symbol in candidates:
+        if symbol.type not in _ACCEPTED_TYPES or (symbol.value == 0 and symbol.type != c.STT_TLS):
+            continue
+        if version is not None:
+            if symbol.version == version or (symbol.version is None and not symbol.hidden):
                 return symbol
-        return None
-    visible = [s for s in usable if not s.hidden]
-    if visible:
-        return visible[0]
-    return usable[0] if len(usable) == 1 else None
+        elif not symbol.hidden:
+            return symbol
+        else:
+            hidden.append(symbol)
+    return hidden[0] if version is None and len(hidden) == 1 else None
 
 
 def lookup(entry: Import, owner: LinkedModule, scopes: Scopes) -> Binding | None:
@@ -476,27 +546,22 @@ def lookup(entry: Import, owner: LinkedModule, scopes: Scopes) -> Binding | None
     wanted = entry.symbol
     if wanted is None:
         return None
-    if wanted.defined and wanted.visibility == c.STV_PROTECTED and entry.kind is not Kind.COPY:
+    kind = entry.kind
+    if wanted.defined and wanted.visibility == c.STV_PROTECTED and kind is not Kind.COPY:
         return Binding(owner, wanted, owner.base + wanted.value)
-    scope = scopes.of(owner)
+    providers = scopes.providers(owner, wanted.name)
     if owner.dynamic is not None and owner.dynamic.symbolic:
-        scope = [owner, *scope]
-    for module in scope:
-        if entry.kind is Kind.COPY and module is scopes.modules[0]:
-            continue
-        if module.dynamic is None:
-            continue
-        candidates = module.dynamic.exports.get(wanted.name)
-        if entry.kind is not Kind.JUMP_SLOT:
-            # A non-PIE executable's PLT entry is the canonical address of a function it
-            # takes the address of (an undefined symbol with a value): data references
-            # bind there, calls through a PLT slot never do.
-            canonical = module.dynamic.canonical.get(wanted.name)
-            if canonical:
-                candidates = [*(candidates or ()), *canonical]
-        if not candidates:
-            continue
-        chosen = _choose(candidates, wanted, entry.kind)
+        own = owner.dynamic
+        providers = [(owner, own.exported(wanted.name), own.canonical(wanted.name)), *providers]
+    main = scopes.modules[0] if kind is Kind.COPY else None
+    for module, defined, canonical in providers:
+        if module is main:
+            continue  # a copy relocation copies from the definition after the executable's
+        # A non-PIE executable's PLT entry is the canonical address of a function it takes
+        # the address of (an undefined symbol with a value): data references bind there,
+        # calls through a PLT slot never do.
+        candidates = defined if kind is Kind.JUMP_SLOT or not canonical else [*defined, *canonical]
+        chosen = _choose(candidates, wanted) if candidates else None
         if chosen is not None:
             return Binding(module.same_as or module, chosen, module.base + chosen.value)
     return None
@@ -508,9 +573,9 @@ def lookup(entry: Import, owner: LinkedModule, scopes: Scopes) -> Binding | None
 class _Resolver:
     """Finds which object holds an address, and says what lies there."""
 
-    def __init__(self, target: Target, modules: Sequence[LinkedModule]) -> None:
+    def __init__(self, target: Target, modules: Sequence[LinkedModule], data: bool) -> None:
         self.target = target
-        self.scopes = Scopes(modules)
+        self.scopes = Scopes(modules, data=data)
         self._linked: dict[int, LinkedModule] = {}
         for module in modules:
             if module.module is not None:
@@ -547,8 +612,8 @@ class _Resolver:
         value = slot.value
         assert value is not None
         owner, entry = slot.owner, slot.entry
-        holder = self.holder(value)
         if entry.kind is Kind.IRELATIVE:
+            holder = self.holder(value)
             slot.points_to = self.describe(value)
             if value == 0:
                 slot.points_to = "0 (what its resolver returned)"
@@ -556,7 +621,7 @@ class _Resolver:
             if holder is not owner:
                 slot.reason = f"an IFUNC slot of {owner.short} points outside it"
             return
-        if entry.lazy and holder is owner and _in_own_plt(owner, value):
+        if entry.lazy and self.holder(value) is owner and _in_own_plt(owner, value):
             slot.status = Status.UNBOUND
             slot.points_to = f"the PLT of {owner.short}"
             return
@@ -566,12 +631,12 @@ class _Resolver:
         if entry.kind is Kind.ABS64 and entry.addend:
             # A pointer into the object (a vtable's entries): the symbol is at value - addend.
             value -= entry.addend
-            holder = self.holder(value)
         if expected is not None and value == expected.address:
             preloaded = expected.module.preload and expected.module is not owner
             slot.status = Status.INTERPOSED if preloaded else Status.BOUND
             slot.points_to = f"{name} in {expected.module.short}"
             return
+        holder = self.holder(value)
         slot.points_to = self.describe(value)
         if expected is None and value == 0:
             slot.status = Status.UNRESOLVED
@@ -665,8 +730,9 @@ def _read_slots(
     return values
 
 
-def process_linkage(target: Target) -> Linkage:
-    """The link map and every GOT slot of a process (a :class:`Target`, live or a core)."""
+def process_linkage(target: Target, *, data: bool = False) -> Linkage:
+    """The link map and every GOT slot of a process (a :class:`Target`, live or a core);
+    with ``data``, the pointers in data too (R_X86_64_64: function pointers, vtables)."""
     linkage = Linkage(source=target.source, pid=target.pid, exe=target.exe)
     modules = read_link_map(target, linkage)
     if not modules:
@@ -685,7 +751,7 @@ def process_linkage(target: Target) -> Linkage:
             module.problem = module.module.problem or f"{module.path} cannot be read"
             continue
         try:
-            module.dynamic = read_dynamic(elf, module.path)
+            module.dynamic = cached_dynamic(elf, module.path)
         except (ElfError, RedhandError) as error:
             module.problem = str(error)
             continue
@@ -700,11 +766,11 @@ def process_linkage(target: Target) -> Linkage:
             if original is not module:
                 # The dynamic linker is in every namespace's list: one object, relocated once.
                 module.same_as = original
-    resolver = _Resolver(target, modules)
+    resolver = _Resolver(target, modules, data)
     for module in modules:
         if module.dynamic is None or module.same_as is not None:
             continue
-        entries = [e for e in module.dynamic.imports if e.kind.slot]
+        entries = module.dynamic.slot_imports(data)
         values = _read_slots(target, module, entries)
         for entry in entries:
             address = module.base + entry.offset

@@ -98,8 +98,9 @@ def render_linkage_text(
         write(f"preload asked for: {' '.join(linkage.preload)}\n")
     if not check and symbol is None:
         write("\n")
+        by_module = linkage.counts_by_module()
         for module in linkage.modules:
-            counts = linkage.counts(module)
+            counts = by_module.get(id(module), {})
             said = ", ".join(
                 f"{counts[status]:,} {status.value}" for status in _ORDER if counts.get(status)
             )
