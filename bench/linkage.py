@@ -3,8 +3,10 @@
 1. A process: python3 that loads, with ctypes, the first N shared libraries of
    /usr/lib/x86_64-linux-gnu that load (default 120; their dependencies come
    along), then prints "ready" and sleeps.  Interleaved runs of
-   * ``redhand linkage PID`` (the link map, every GOT and data slot read and
-     compared with the dynamic linker's lookup), text and ``--json``;
+   * ``redhand linkage PID`` (the link map, every GOT slot read and compared
+     with the dynamic linker's lookup), text and ``--json``, with redhand's
+     cache warm (the parsed dynamic sections) and empty, and ``--data`` (the
+     pointers in data too);
    * ``pldd PID`` (glibc's: the libraries only) and gdb's
      ``info sharedlibrary`` (the libraries and their text ranges), which list
      a part of that, for scale.
@@ -28,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from stack import redhand_command
@@ -50,19 +53,29 @@ time.sleep(3600)
 """
 
 
-def timed(command: list[str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
-    return (time.perf_counter() - started) * 1000
+COLD = "(cold cache)"
+
+
+def timed(command: list[str], tool: str) -> float:
+    """Wall ms of one run; a tool named "... (cold cache)" runs with an empty redhand cache."""
+    env = None
+    with tempfile.TemporaryDirectory() as cache:
+        if tool.endswith(COLD):
+            env = {**os.environ, "XDG_CACHE_HOME": cache}
+        started = time.perf_counter()
+        subprocess.run(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, timeout=600
+        )
+        return (time.perf_counter() - started) * 1000
 
 
 def report(name: str, times: dict[str, list[float]], reference: str) -> None:
     base = median(times[reference])
     print(f"\n{name}")
-    print(f"  {'tool':<28} {'median ms':>10} {'fastest':>9} {'ratio':>7}")
+    print(f"  {'tool':<34} {'median ms':>10} {'fastest':>9} {'ratio':>7}")
     for tool, values in times.items():
         ratio = median(values) / base if base else float("nan")
-        print(f"  {tool:<28} {median(values):>10.1f} {minimum(values):>9.1f} {ratio:>6.2f}x")
+        print(f"  {tool:<34} {median(values):>10.1f} {minimum(values):>9.1f} {ratio:>6.2f}x")
 
 
 def count_objects(pid: int) -> int:
@@ -87,7 +100,9 @@ def bench_process(runs: int, libraries: int) -> None:
         redhand = redhand_command()
         tools = {
             "redhand linkage": [*redhand, "linkage", str(pid)],
+            f"redhand linkage {COLD}": [*redhand, "linkage", str(pid)],
             "redhand linkage --json": [*redhand, "linkage", str(pid), "--json"],
+            "redhand linkage --data": [*redhand, "linkage", str(pid), "--data"],
         }
         if shutil.which("pldd"):
             tools["pldd (libraries only)"] = ["pldd", str(pid)]
@@ -101,7 +116,7 @@ def bench_process(runs: int, libraries: int) -> None:
         times: dict[str, list[float]] = {tool: [] for tool in tools}
         for _ in range(runs):
             for tool, command in tools.items():
-                times[tool].append(timed(command))
+                times[tool].append(timed(command, tool))
         report(
             f"1. a python3 process with {line[1]} libraries loaded by hand, {objects} shared "
             f"objects mapped, {slots:,} slots (goal: redhand at most 500 ms)",
@@ -126,13 +141,14 @@ def bench_files(runs: int) -> None:
         real = os.path.realpath(path)
         tools = {
             "redhand linkage FILE": [*redhand, "linkage", real],
+            f"redhand linkage FILE {COLD}": [*redhand, "linkage", real],
             "redhand linkage FILE --json": [*redhand, "linkage", real, "--json"],
             "readelf -rW": ["readelf", "-rW", real],
         }
         times: dict[str, list[float]] = {tool: [] for tool in tools}
         for _ in range(runs):
             for tool, command in tools.items():
-                times[tool].append(timed(command))
+                times[tool].append(timed(command, tool))
         size = os.path.getsize(real) / (1 << 20)
         report(f"2. {real} ({size:.1f} MiB)", times, "redhand linkage FILE")
 
