@@ -303,6 +303,10 @@ def test_a_file_that_is_not_elf_gets_one_line(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     missing = redhand("linkage", str(tmp_path / "nothing-here"))
     assert missing.returncode == 11
+    for pid, code in (("999999999", 3), ("2", 6)):  # no such process; a kernel thread
+        result = redhand("linkage", pid)
+        assert result.returncode == code, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
 def test_a_truncated_dynamic_section_is_a_warning(tmp_path: Path) -> None:

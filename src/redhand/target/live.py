@@ -167,8 +167,16 @@ def live_modules(
 def observe(pid: int, *, debug_dirs: Sequence[str] = DEFAULT_DEBUG_DIRS) -> Target:
     """A running process as a :class:`Target` without stopping it: its mappings and modules,
     its memory read as it runs (process_vm_readv), and no threads."""
-    from redhand.proc.procfs import read_cmdline, read_exe, read_maps
+    from redhand.errors import KernelThread, ProcessNotFound, ZombieProcess
+    from redhand.proc.procfs import read_cmdline, read_exe, read_maps, read_stat
 
+    if pid <= 0:
+        raise ProcessNotFound(pid, f"{pid} is not a process id", hint="give a positive pid")
+    stat = read_stat(pid)
+    if stat.is_kernel_thread:
+        raise KernelThread(pid, f"process {pid} ({stat.comm}) is a kernel thread: no user space")
+    if stat.state in ("Z", "X"):
+        raise ZombieProcess(pid, f"process {pid} ({stat.comm}) is a zombie: it has exited")
     mappings = read_maps(pid)
     live = LiveMemory(pid)
     return Target(
