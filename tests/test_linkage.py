@@ -150,9 +150,15 @@ def test_an_ld_preload_interposer_is_marked_interposed_and_nothing_hooked(
         pytest.skip(f"{library} is not installed (tests/run.sh installs it)")
     exe = compile_c("linked.c", tmp_path, LINKED)
     env = {**os.environ, "LD_PRELOAD": library, **extra}
+    core = tmp_path / f"{name}.core"
     with Program([exe], env=env) as program:
         document = linkage_of(program.pid)
         text = redhand("linkage", str(program.pid), "--check").stdout
+        assert redhand("gcore", str(program.pid), "-o", str(core)).returncode == 0
+    # The same from its core: the environment is read from the strings atop the stack.
+    from_core = linkage_of(str(core))
+    assert from_core["preload"] == [library]
+    assert {s["status"] for s in slots(from_core)} == {s["status"] for s in slots(document)}
     assert document["preload"] == [library]
     (preloaded,) = [m for m in document["modules"] if m["preload"]]  # type: ignore[attr-defined,index]
     assert same_file(preloaded["path"], library)

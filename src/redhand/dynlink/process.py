@@ -471,16 +471,6 @@ class Scopes:
         self._kept[key] = kept
         return kept
 
-    def of(self, module: LinkedModule) -> list[LinkedModule]:
-        """The objects of ``module``'s scope, in order."""
-        if module.namespace != 0:
-            return [m for m in self.modules if m.namespace == module.namespace]
-        extra = self._extra.get(id(module))
-        if extra is None:
-            return list(self.global_scope)
-        own = sorted((m for m in self.modules if id(m) in extra), key=lambda m: extra[id(m)])
-        return [*self.global_scope, *own]
-
     def _dependencies(self, root: LinkedModule) -> list[LinkedModule]:
         peers = [m for m in self.modules if m.namespace == root.namespace]
         order = [root]
