@@ -140,6 +140,13 @@ def _signal_number(text: str) -> int:
     return number
 
 
+def _stack_bytes(text: str) -> int:
+    value = _positive(text)
+    if value not in (512, 1024, 2048, 4096, 8192, 16384):
+        raise ValueError(f"{text!r}: 16384, 8192, 4096, 2048, 1024 or 512")
+    return value
+
+
 def _backend(text: str) -> str:
     if text not in ("auto", "ebpf", "seccomp", "ptrace"):
         raise ValueError(f"not a backend: {text!r} (auto, ebpf, seccomp or ptrace)")
@@ -444,6 +451,90 @@ def _commands() -> dict[str, Command]:
             ],
             run_linkage,
         ),
+        "allocs": Command(
+            "who allocates what in a running program, with true call stacks",
+            "Record the allocations of a running process (PID) or of a program launched under "
+            "redhand (-- CMD ...), with uprobes on the allocator it really calls (read from "
+            "its GOT slots: glibc, jemalloc, tcmalloc, a static executable's own): every call "
+            "of malloc, calloc, realloc, free, operator new and delete, ... counted per call "
+            "site in the kernel (exact), and call stacks for calls sampled by bytes, unwound "
+            "with the program's CFI. Sampled blocks never freed are the leak suspects. Nothing "
+            "is injected into the program; detaching leaves only the kernel's [uprobes] page.",
+            ("pid", "[PID]", _pid),
+            [
+                Option(
+                    ("--duration",),
+                    "duration",
+                    VALUE,
+                    "record this long (30s, 5m; default: until the program ends or Ctrl-C)",
+                    parse=_duration,
+                    metavar="DURATION",
+                ),
+                Option(
+                    ("--sample-bytes",),
+                    "sample_bytes",
+                    VALUE,
+                    "a stack sample per this many bytes allocated, on average (default 524288)",
+                    parse=_positive,
+                    default=512 << 10,
+                    metavar="N",
+                ),
+                Option(("--all",), "every", FLAG, "a stack for every allocation (slow)"),
+                Option(
+                    ("--stack-bytes",),
+                    "stack_bytes",
+                    VALUE,
+                    "bytes of stack copied per sample: 16384 (default), 8192, 4096, 2048, 1024 "
+                    "or 512",
+                    parse=_stack_bytes,
+                    default=16384,
+                    metavar="N",
+                ),
+                Option(
+                    ("--alloc",),
+                    "extra_allocs",
+                    APPEND,
+                    "an allocator of the program's own: NAME:size=argN or NAME:size=BYTES "
+                    "(repeatable)",
+                    default=[],
+                    metavar="SPEC",
+                ),
+                Option(
+                    ("--free",),
+                    "extra_frees",
+                    APPEND,
+                    "a free function of the program's own: NAME:ptr=arg0 (repeatable)",
+                    default=[],
+                    metavar="SPEC",
+                ),
+                Option(
+                    ("--force",),
+                    "force",
+                    FLAG,
+                    "record even when the program allocates so often that it would slow down "
+                    "by more than 25%",
+                ),
+                Option(
+                    ("--top",),
+                    "top",
+                    VALUE,
+                    "rows per table (default 15)",
+                    parse=_positive,
+                    default=15,
+                    metavar="N",
+                ),
+                Option(
+                    ("--folded",),
+                    "folded",
+                    VALUE,
+                    "write the sampled stacks as folded stacks (flamegraph.pl, speedscope)",
+                    metavar="FILE",
+                ),
+                Option(("--svg",), "svg", VALUE, "write an SVG flame graph", metavar="FILE"),
+                Option(("--json",), "json", FLAG, "print the JSON document (version 1)"),
+            ],
+            run_allocs,
+        ),
         "watch": Command(
             "wait for a system call's result or a signal, stop the program there and act",
             "Wait for EVENT in a running process (-p), in every process of a name (--comm), or "
@@ -607,7 +698,7 @@ def _commands() -> dict[str, Command]:
 
 
 # Commands that take a program to run after ``--``.
-_TRAILING = frozenset({"watch", "run"})
+_TRAILING = frozenset({"watch", "run", "allocs"})
 
 
 # -- the fast parser ---------------------------------------------------------
@@ -680,9 +771,12 @@ def fast_parse(argv: Sequence[str]) -> Arguments | None:
             if positional is not None
             else Arguments(command=argv[0], run=command.run, **values)
         )
+    dest, metavar, parse = command.positional
     if positional is None:
-        return None
-    dest, _metavar, parse = command.positional
+        if not metavar.startswith("["):
+            return None
+        values[dest] = None
+        return Arguments(command=argv[0], run=command.run, **values)
     try:
         values[dest] = parse(positional)
     except ValueError:
@@ -751,7 +845,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if command.positional is not None:
             dest, metavar, parse = command.positional
-            sub.add_argument(dest, type=checked(parse), metavar=metavar)
+            if metavar.startswith("["):  # optional: [PID]
+                sub.add_argument(dest, type=checked(parse), metavar=metavar[1:-1], nargs="?")
+            else:
+                sub.add_argument(dest, type=checked(parse), metavar=metavar)
         for option in command.options:
             common: dict[str, Any] = {"dest": option.dest, "help": option.help}
             if option.kind == FLAG:
@@ -924,6 +1021,76 @@ def run_gcore(args: Arguments) -> int:
         render_gcore_json(result, sys.stdout)
     else:
         render_gcore_text(result, sys.stdout)
+    return 0
+
+
+def _say_recording(recording: object) -> None:
+    from redhand.capture.allocs import Recording, display_name
+
+    assert isinstance(recording, Recording)
+    names = ", ".join(sorted({display_name(p.symbol) for p in recording.probes}))
+    files = ", ".join(sorted({p.display_path.rsplit("/", 1)[-1] for p in recording.probes}))
+    print(
+        f"recording the allocations of process {recording.pid}: {names} in {files} "
+        f"(attached in {recording.attach_seconds * 1000:.0f} ms; Ctrl-C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def run_allocs(args: Arguments) -> int:
+    import signal
+
+    from redhand.capture.allocs import allocs
+    from redhand.report.allocs import allocs_json, flame_graph_svg, render_allocs_text
+
+    if (args.pid is None) == (args.command_argv is None):
+        raise UsageError("redhand allocs: say what to record: PID or -- CMD ... (one of them)")
+    if args.command_argv == []:
+        raise UsageError("redhand allocs: a program to launch is expected after --")
+    stop = False
+
+    def interrupted(signo: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        try:
+            result = allocs(
+                args.pid,
+                argv=args.command_argv,
+                duration=args.duration,
+                sample_bytes=args.sample_bytes,
+                every=args.every,
+                stack_bytes=args.stack_bytes,
+                extra_allocs=args.extra_allocs,
+                extra_frees=args.extra_frees,
+                force=args.force,
+                should_stop=lambda: stop,
+                on_attached=_say_recording,
+            )
+        except ValueError as error:
+            if isinstance(error, RedhandError):
+                raise
+            raise UsageError(f"redhand allocs: {error}") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if args.folded:
+        with open(args.folded, "w") as file:
+            file.write(result.folded())
+    if args.svg:
+        with open(args.svg, "w") as file:
+            file.write(flame_graph_svg(result))
+    if args.json:
+        import json
+
+        sys.stdout.write(json.dumps(allocs_json(result)) + "\n")
+    else:
+        render_allocs_text(result, sys.stdout, top=args.top)
+    if result.exit_status is not None:
+        code = os.waitstatus_to_exitcode(result.exit_status)
+        return 128 - code if code < 0 else code
     return 0
 
 

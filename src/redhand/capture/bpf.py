@@ -179,6 +179,12 @@ GET_CURRENT_COMM = 16
 SEND_SIGNAL = 109
 SEND_SIGNAL_THREAD = 117
 RINGBUF_OUTPUT = 130
+GET_PRANDOM_U32 = 7
+PROBE_READ_USER = 112
+RINGBUF_RESERVE = 131
+RINGBUF_SUBMIT = 132
+RINGBUF_DISCARD = 133
+GET_ATTACH_COOKIE = 174
 
 _S16 = range(-(1 << 15), 1 << 15)
 _S32 = range(-(1 << 31), 1 << 31)
@@ -319,6 +325,7 @@ class Assembler:
 
 MAP_HASH = 1
 MAP_ARRAY = 2
+MAP_PERCPU_ARRAY = 6
 MAP_LRU_HASH = 9
 MAP_RINGBUF = 27
 
@@ -374,12 +381,18 @@ def map_delete(fd: int, key: bytes) -> bool:
 
 # -- programs ----------------------------------------------------------------------
 
+PROG_KPROBE = 2
 PROG_TRACEPOINT = 5
 _LOG_SIZE = 1 << 20
 
 
 def load_program(
-    insns: bytes, *, prog_type: int = PROG_TRACEPOINT, name: str = "", license: str = "GPL"
+    insns: bytes,
+    *,
+    prog_type: int = PROG_TRACEPOINT,
+    name: str = "",
+    license: str = "GPL",
+    expected_attach_type: int = 0,
 ) -> int:
     """BPF_PROG_LOAD: the program's fd, or BpfError with the verifier's log."""
     if not insns or len(insns) % 8:
@@ -391,11 +404,12 @@ def load_program(
 
     def attempt(log_level: int, log_size: int, log_buf: int) -> int:
         # prog_type, insn_cnt, insns, license, log_level, log_size, log_buf,
-        # kern_version, prog_flags, prog_name[16]
-        layout = "<IIQQIIQII16s"
+        # kern_version, prog_flags, prog_name[16], prog_ifindex, expected_attach_type
+        layout = "<IIQQIIQII16sII"
         code_address, license_address = ctypes.addressof(code), ctypes.addressof(license_buf)
         attr = _attr(layout, prog_type, len(insns) // 8, code_address, license_address,
-                     log_level, log_size, log_buf, 0, 0, prog_name)  # fmt: skip
+                     log_level, log_size, log_buf, 0, 0, prog_name, 0,
+                     expected_attach_type)  # fmt: skip
         return _raw_bpf(BPF_PROG_LOAD, attr)
 
     fd = attempt(0, 0, 0)
@@ -497,6 +511,41 @@ def attach_tracepoint(prog_fd: int, tracepoint: int) -> int:
             f"attaching BPF program fd {prog_fd} to tracepoint {tracepoint}", err
         ) from None
     return fd
+
+
+# -- uprobes ---------------------------------------------------------------------------
+
+BPF_LINK_CREATE = 28
+TRACE_UPROBE_MULTI = 48
+TRACE_UPROBE_SESSION = 57
+
+
+def attach_uprobes(
+    prog_fd: int,
+    path: str,
+    offsets: list[int],
+    cookies: list[int],
+    *,
+    pid: int,
+    attach_type: int = TRACE_UPROBE_MULTI,
+) -> int:
+    """Run a KPROBE program (loaded for ``attach_type``) at each file offset of ``path``,
+    in process ``pid`` only (its threads, later ones too), with a cookie each
+    (bpf_get_attach_cookie).  One uprobe_multi link for them all: its fd, whose closing
+    removes every probe.  With TRACE_UPROBE_SESSION the program runs at the call's
+    return too, when it returned 0 at the entry.
+    """
+    if len(offsets) != len(cookies) or not offsets:
+        raise ValueError("one cookie per offset, and at least one offset")
+    name = ctypes.create_string_buffer(os.fsencode(path))
+    where = (ctypes.c_uint64 * len(offsets))(*offsets)
+    values = (ctypes.c_uint64 * len(cookies))(*cookies)
+    # prog_fd, target_fd, attach_type, flags, then uprobe_multi: path, offsets,
+    # ref_ctr_offsets, cookies, cnt, flags, pid
+    attr = _attr("<IIIIQQQQIII", prog_fd, 0, attach_type, 0, ctypes.addressof(name),
+                 ctypes.addressof(where), 0, ctypes.addressof(values), len(offsets), 0,
+                 pid)  # fmt: skip
+    return _bpf(BPF_LINK_CREATE, attr, f"attaching uprobes to {path} in process {pid}")
 
 
 # -- ring buffers ---------------------------------------------------------------------

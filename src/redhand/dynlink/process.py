@@ -614,6 +614,7 @@ class _Resolver:
         if entry.lazy and self.holder(value) is owner and _in_own_plt(owner, value):
             slot.status = Status.UNBOUND
             slot.points_to = f"the PLT of {owner.short}"
+            slot.expected = lookup(entry, owner, self.scopes)  # where it will be bound
             return
         expected = lookup(entry, owner, self.scopes)
         slot.expected = expected
