@@ -1025,13 +1025,12 @@ def run_gcore(args: Arguments) -> int:
 
 
 def _say_recording(recording: object) -> None:
-    from redhand.capture.allocs import Recording, display_name
+    from redhand.capture.allocs import Recording, describe_probes
 
     assert isinstance(recording, Recording)
-    names = ", ".join(sorted({display_name(p.symbol) for p in recording.probes}))
-    files = ", ".join(sorted({p.display_path.rsplit("/", 1)[-1] for p in recording.probes}))
     print(
-        f"recording the allocations of process {recording.pid}: {names} in {files} "
+        f"recording the allocations of process {recording.pid}: "
+        f"{describe_probes(recording.probes, shown=3)} "
         f"(attached in {recording.attach_seconds * 1000:.0f} ms; Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,

@@ -118,6 +118,21 @@ def display_name(symbol: str) -> str:
     return symbol
 
 
+def describe_probes(probes: Sequence[Probe], shown: int = 6) -> str:
+    """``malloc, free, calloc, realloc, ... (8) in libc.so.6; operator new, ... in ...``."""
+    by_file: dict[str, list[str]] = {}
+    for probe in probes:
+        names = by_file.setdefault(probe.display_path.rsplit("/", 1)[-1], [])
+        if display_name(probe.symbol) not in names:
+            names.append(display_name(probe.symbol))
+    parts = []
+    for name, functions in by_file.items():
+        listed = ", ".join(functions[:shown])
+        more = f", and {len(functions) - shown} more" if len(functions) > shown else ""
+        parts.append(f"{listed}{more} in {name}")
+    return "; ".join(parts)
+
+
 def parse_user_spec(text: str, *, free: bool) -> tuple[str, Spec]:
     """``rb_newobj:size=40`` or ``pool_alloc:size=arg1`` (an allocator), ``pool_put:ptr=arg0``
     (a free function): the function's name and how it takes its size or pointer."""
@@ -170,11 +185,15 @@ def find_probes(target: Target, specs: dict[str, Spec], notes: list[str]) -> lis
         name = slot.entry.name
         if name not in specs or slot.value is None:
             continue
-        if slot.status is Status.UNBOUND:
-            if slot.expected is not None:
-                addresses.setdefault(slot.expected.address, name)
-        elif slot.status is not Status.UNRESOLVED and slot.value:
+        # What the slot holds when it holds a function of a file (bound, or hooked to one);
+        # else where ld.so binds it (not yet bound, or, at a launched program's start,
+        # not yet relocated at all).
+        module = target.modules.find(slot.value) if slot.value else None
+        bound = slot.status not in (Status.UNBOUND, Status.UNRESOLVED, Status.UNREADABLE)
+        if bound and module is not None and target.is_executable(slot.value):
             addresses.setdefault(slot.value, name)
+        elif slot.expected is not None:
+            addresses.setdefault(slot.expected.address, name)
     found = set(addresses.values())
     for name in specs:
         if name in found:
@@ -350,6 +369,7 @@ class Recorder:
         self._memory: _SampleMemory | None = None
         self._refreshed = 0.0
         self._probed: dict[int, Probe] = {}
+        self._entries: set[int] = set()  # the probed functions' entry points
         self._queue: list[tuple[Sample, dict[str, int], bytes]] = []
         self._lost_seen = 0
         self._samples_seen = 0
@@ -393,6 +413,7 @@ class Recorder:
                 )
                 bpf.map_update(maps.config, struct.pack("<I", index), function.config())
                 self._probed[index] = probe
+                self._entries.add(probe.address - probe.shifted)
             first = self.mean // 2 + (int.from_bytes(os.urandom(4), "little") % max(self.mean, 1))
             kernel.set_gate(maps, first if self.mean else 0)
             kernel.set_mean(maps, self.mean)
@@ -576,8 +597,15 @@ class Recorder:
             sample.skipped = True
 
     def _is_probed(self, address: int) -> bool:
-        """Whether ``address`` is inside one of the probed functions (its first 4 KiB)."""
-        return any(0 <= address - p.address + p.shifted < 4096 for p in self._probed.values())
+        """Whether ``address`` is inside one of the probed functions (operator new, whose
+        malloc call is then the same allocation)."""
+        target = self._target
+        module = target.modules.find(address) if target is not None else None
+        match = module.lookup(address) if module is not None else None
+        if module is None or match is None:
+            return False
+        start = module.bias + match.symbol.start
+        return start in self._entries
 
     def _refresh(self) -> bool:
         """A library mapped since: read the process's mappings again (at most 5 times a second)."""
@@ -824,8 +852,10 @@ def summarize(recorder: Recorder, recording: Recording) -> AllocsResult:
             frames.append(names[key])
         return frames
 
-    stacks: dict[tuple[int, ...], Stack] = {}
-    live: dict[tuple[int, ...], Stack] = {}
+    # Stacks are told apart by their functions, not their return addresses: a loop that
+    # allocates from two lines of one function is one stack.
+    stacks: dict[tuple[str, ...], Stack] = {}
+    live: dict[tuple[str, ...], Stack] = {}
     now = recording.ended or time.time()
     boot_offset = time.time() - time.monotonic()  # ktime is CLOCK_MONOTONIC, in ns
     complete = skipped = 0
@@ -834,18 +864,20 @@ def summarize(recorder: Recorder, recording: Recording) -> AllocsResult:
             skipped += 1
             continue
         complete += sample.complete
-        stack = stacks.get(sample.pcs)
+        frames = frames_of(sample)
+        key = tuple(frames)
+        stack = stacks.get(key)
         if stack is None:
-            stack = stacks[sample.pcs] = Stack(frames_of(sample), complete=sample.complete,
-                                                from_live=sample.from_live)  # fmt: skip
+            stack = stacks[key] = Stack(frames, complete=sample.complete,
+                                        from_live=sample.from_live)  # fmt: skip
         stack.samples += 1
         stack.bytes += max(sample.weight_bytes, sample.size)
         stack.calls += sample.weight_calls
         if when in recording.live:
-            held = live.get(sample.pcs)
+            held = live.get(key)
             if held is None:
-                held = live[sample.pcs] = Stack(stack.frames, complete=sample.complete,
-                                                from_live=sample.from_live)  # fmt: skip
+                held = live[key] = Stack(frames, complete=sample.complete,
+                                         from_live=sample.from_live)  # fmt: skip
             held.samples += 1
             held.blocks += 1
             held.bytes += max(sample.weight_bytes, sample.size)

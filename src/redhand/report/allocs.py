@@ -13,7 +13,7 @@ import html
 import zlib
 from typing import TextIO
 
-from redhand.capture.allocs import AllocsResult, Stack
+from redhand.capture.allocs import AllocsResult, Stack, describe_probes
 from redhand.report.style import Style
 from redhand.units import format_size
 
@@ -49,10 +49,7 @@ def render_allocs_text(
         f"{result.attach_seconds * 1000:.0f} ms, detached in "
         f"{result.detach_seconds * 1000:.0f} ms\n"
     )
-    modules = sorted({p.display_path for p in result.probes})
-    write(
-        f"probed: {', '.join(sorted({p.symbol for p in result.probes}))} in {', '.join(modules)}\n"
-    )
+    write(f"probed: {describe_probes(result.probes)}\n")
     for note in result.notes:
         write(f"note: {note}\n")
     write("\n" + style("every call, exact:", "bold") + "\n")
