@@ -161,6 +161,15 @@ def test_exact_call_sites_and_true_stacks_of_a_running_program(
     (leak,) = [s for s in document["live"] if any("leaky" in f for f in s["frames"])]
     assert leak["blocks"] == 40 and leak["bytes"] == 40 * 65536
     assert not [s for s in document["live"] if any("direct" in f for f in s["frames"])]
+    # mmap and munmap, from their tracepoints, with their stacks.
+    maps = {
+        (m["call"], m["frames"][1].split(" (")[0]): m
+        for m in document["maps"]
+        if len(m["frames"]) > 1
+    }
+    mapped = maps[("mmap (anonymous)", "map_pages")]
+    assert (mapped["calls"], mapped["bytes"]) == (1, 1 << 20) and mapped["complete"]
+    assert maps[("munmap", "map_pages")]["bytes"] == 1 << 20
     # Folded stacks and the flame graph.
     lines = folded.read_text().splitlines()
     assert any(line.split()[0].endswith("via_strdup (allocs);strdup (libc.so.6);malloc (libc.so.6)")

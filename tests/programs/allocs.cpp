@@ -12,6 +12,7 @@
 //   PLUGIN dlopen'ed now: plugin_alloc(150) 150 x malloc(32)      freed
 //   leaky()           40 x malloc(65536)                          never freed
 //   use_pool()        70 x pool_get(80) and pool_put: an allocator of the program's own
+//   map_pages()       mmap of 1 MiB (anonymous), then munmap of it
 // then prints "checksum C" (a sum over everything it computed, the same with or without a
 // profiler) and waits for another line before exiting 0.
 #include <dlfcn.h>
@@ -20,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static uint64_t checksum;
 static long compares;
@@ -114,6 +116,15 @@ extern "C" __attribute__((noinline)) void use_pool(void)
 	}
 }
 
+extern "C" __attribute__((noinline)) void map_pages(void)
+{
+	unsigned char *pages = (unsigned char *)mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE,
+						      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	pages[4096] = 7;
+	checksum += pages[4096];
+	munmap(pages, 1 << 20);
+}
+
 extern "C" __attribute__((noinline)) void leaky(void)
 {
 	for (int i = 0; i < 40; i++) {
@@ -147,6 +158,7 @@ int main(int argc, char **argv)
 		checksum += work(150);
 	}
 	use_pool();
+	map_pages();
 	leaky();
 	printf("compares %ld\n", compares);
 	printf("checksum %llu\n", (unsigned long long)checksum);

@@ -84,6 +84,9 @@ class Record(IntEnum):
     SAMPLE = 1
     RETURN = 2
     FREE = 3
+    MMAP = 4
+    MUNMAP = 5
+    BRK = 6
 
 
 class SizeFrom(IntEnum):
@@ -544,6 +547,88 @@ def free_program(maps: Maps) -> bytes:
     return asm.assemble()
 
 
+# -- mmap, munmap, brk ------------------------------------------------------------------
+
+SYSCALL = struct.Struct("<5QII17Q")  # arguments 0-4, bytes of stack copied, 0, registers
+_TASK_PT_REGS = 175
+_CURRENT_TASK_BTF = 158
+_PROBE_READ_KERNEL = 113
+_REGS_PTR = -112
+
+
+def syscall_program(maps: Maps, kind: Record, *, pid: int, stack_bytes: int) -> bytes:
+    """A tracepoint program on sys_enter_mmap, _munmap or _brk: for the process ``pid``
+    only, a record of the call's arguments, its registers and the top of its stack."""
+    asm = Assembler()
+    asm.mov_reg(R6, R1)
+    asm.call(bpf.GET_CURRENT_PID_TGID)
+    asm.mov_reg(R8, R0)
+    asm.alu_imm(RSH, R0, 32)
+    asm.jump_imm(JNE, R0, pid, "leave")
+    asm.alu_imm(LSH, R8, 32)
+    asm.alu_imm(RSH, R8, 32)
+    size = HEADER.size + SYSCALL.size + stack_bytes
+    asm.load_map_fd(R1, maps.ring)
+    asm.mov_imm(R2, size)
+    asm.mov_imm(R3, 0)
+    asm.call(bpf.RINGBUF_RESERVE)
+    asm.jump_imm(JNE, R0, 0, "fill")
+    _stat(asm, maps, STAT_RING_FULL, "lost")
+    asm.goto("leave")
+    asm.label("fill")
+    asm.store(DW, R10, R0, _RECORD)
+    asm.store_imm(W, R0, 0, int(kind))
+    asm.store(W, R0, R8, 4)
+    asm.call(bpf.KTIME_GET_NS)
+    asm.load(DW, R1, R10, _RECORD)
+    asm.store(DW, R1, R0, 8)
+    base = HEADER.size
+    # syscalls:sys_enter_*: the arguments are longs from offset 16, as many as the call has
+    # (a program that reads past the tracepoint's record is refused at the attach).
+    arguments = {Record.MMAP: 5, Record.MUNMAP: 2, Record.BRK: 1}[kind]
+    for n in range(5):
+        if n < arguments:
+            asm.load(DW, R2, R6, 16 + 8 * n)
+            asm.store(DW, R1, R2, base + 8 * n)
+        else:
+            asm.store_imm(DW, R1, base + 8 * n, 0)
+    asm.store_imm(W, R1, base + 40, 0)
+    asm.store_imm(W, R1, base + 44, 0)
+    # The registers the call saved on entry (the user's).
+    asm.call(_CURRENT_TASK_BTF)
+    asm.mov_reg(R1, R0)
+    asm.call(_TASK_PT_REGS)
+    asm.store(DW, R10, R0, _REGS_PTR)
+    for n, name in enumerate(REGISTERS):
+        asm.load(DW, R1, R10, _RECORD)
+        asm.alu_imm(ADD, R1, base + 48 + 8 * n)
+        asm.mov_imm(R2, 8)
+        asm.load(DW, R3, R10, _REGS_PTR)
+        asm.alu_imm(ADD, R3, PT_REGS[name])
+        asm.call(_PROBE_READ_KERNEL)
+    sp_at = base + 48 + 8 * REGISTERS.index("rsp")
+    stack_at = HEADER.size + SYSCALL.size
+    for step in (s for s in _STACK_STEPS if s <= stack_bytes):
+        asm.load(DW, R1, R10, _RECORD)
+        asm.load(DW, R3, R1, sp_at)
+        asm.alu_imm(ADD, R1, stack_at)
+        asm.mov_imm(R2, step)
+        asm.call(bpf.PROBE_READ_USER)
+        asm.jump_imm(JNE, R0, 0, f"smaller_{step}")
+        asm.load(DW, R1, R10, _RECORD)
+        asm.store_imm(W, R1, base + 40, step)
+        asm.goto("copied")
+        asm.label(f"smaller_{step}")
+    asm.label("copied")
+    asm.load(DW, R1, R10, _RECORD)
+    asm.mov_imm(R2, 0)
+    asm.call(bpf.RINGBUF_SUBMIT)
+    asm.label("leave")
+    asm.mov_imm(R0, 0)
+    asm.exit()
+    return asm.assemble()
+
+
 # -- reading the maps ------------------------------------------------------------------
 
 BPF_MAP_GET_NEXT_KEY = 4
@@ -615,6 +700,7 @@ __all__ = [
     "REGISTERS",
     "SAMPLE",
     "SMALL",
+    "SYSCALL",
     "Function",
     "Maps",
     "PointerFrom",
@@ -626,4 +712,5 @@ __all__ = [
     "read_stats",
     "set_gate",
     "set_mean",
+    "syscall_program",
 ]

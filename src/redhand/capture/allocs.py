@@ -302,6 +302,19 @@ class Sample:
 
 
 @dataclass
+class MapCall:
+    """An mmap, munmap or brk call of the process, with its stack."""
+
+    kind: Record
+    time: int
+    tid: int
+    arguments: tuple[int, ...]
+    pcs: tuple[int, ...] = ()
+    complete: bool = False
+    from_live: int = 0
+
+
+@dataclass
 class Recording:
     """What a recording gathered (see :class:`AllocsResult` for the report's view)."""
 
@@ -309,6 +322,7 @@ class Recording:
     probes: list[Probe]
     call_sites: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     samples: dict[int, Sample] = field(default_factory=dict)
+    map_calls: list[MapCall] = field(default_factory=list)
     live: dict[int, int] = field(default_factory=dict)  # sample time -> pointer
     freed: int = 0
     lost_samples: int = 0
@@ -370,9 +384,10 @@ class Recorder:
         self._refreshed = 0.0
         self._probed: dict[int, Probe] = {}
         self._entries: set[int] = set()  # the probed functions' entry points
-        self._queue: list[tuple[Sample, dict[str, int], bytes]] = []
+        self._queue: list[tuple[Sample | MapCall, dict[str, int], bytes]] = []
         self._lost_seen = 0
         self._samples_seen = 0
+        self._notes: list[str] = []
         self.recording: Recording | None = None
 
     # -- attaching
@@ -392,6 +407,7 @@ class Recorder:
             )
         recording.probes = probes
         self._attach_probes(probes)
+        recording.notes.extend(self._notes)
         recording.attach_seconds = time.perf_counter() - started
         recording.started = time.time()
         self._set_target(target)
@@ -445,10 +461,28 @@ class Recorder:
                         attach_type=bpf.TRACE_UPROBE_MULTI if is_free else bpf.TRACE_UPROBE_SESSION,
                     )
                 )
+            self._attach_syscalls(maps)
             self._ring = bpf.RingBuffer(maps.ring, maps.ring_size)
         except BaseException:
             self.close()
             raise
+
+    def _attach_syscalls(self, maps: kernel.Maps) -> None:
+        """mmap, munmap and brk, from their tracepoints, for this process only."""
+        _root, mounted = bpf.tracefs()
+        if mounted:
+            self._notes.append("tracefs was not mounted: redhand mounted it")
+        for kind, call in ((Record.MMAP, "mmap"), (Record.MUNMAP, "munmap"), (Record.BRK, "brk")):
+            if not bpf.tracepoint_exists("syscalls", f"sys_enter_{call}"):
+                self._notes.append(f"no tracepoint for {call}: its calls are not recorded")
+                continue
+            program = bpf.load_program(
+                kernel.syscall_program(maps, kind, pid=self.pid, stack_bytes=self.stack_bytes),
+                name=f"redhand_{call}",
+            )
+            self._programs.append(program)
+            tracepoint = bpf.tracepoint_id("syscalls", f"sys_enter_{call}")
+            self._links.append(bpf.attach_tracepoint(program, tracepoint))
 
     def _set_target(self, target: Target) -> None:
         from redhand.unwind.unwinder import Unwinder
@@ -558,6 +592,14 @@ class Recorder:
                 _pointer, sample_time = kernel.SMALL.unpack_from(data, kernel.HEADER.size)
                 if recording.live.pop(sample_time, None) is not None:
                     recording.freed += 1
+            elif kind in (Record.MMAP, Record.MUNMAP, Record.BRK):
+                *arguments, copied, _pad = kernel.SYSCALL.unpack_from(data, kernel.HEADER.size)[:7]
+                registers = kernel.SYSCALL.unpack_from(data, kernel.HEADER.size)[7:]
+                call = MapCall(Record(kind), when, tid, tuple(arguments))
+                recording.map_calls.append(call)
+                start = kernel.HEADER.size + kernel.SYSCALL.size
+                regs = dict(zip(kernel.REGISTERS, registers, strict=True))
+                self._queue.append((call, regs, data[start : start + copied]))
 
     def _sample(self, recording: Recording, tid: int, when: int, data: bytes) -> None:
         index, copied, size, weight_bytes, weight_calls, *registers = kernel.SAMPLE.unpack_from(
@@ -569,7 +611,7 @@ class Recorder:
         regs = dict(zip(kernel.REGISTERS, registers, strict=True))
         self._queue.append((sample, regs, data[start : start + copied]))
 
-    def _unwind(self, sample: Sample, regs: dict[str, int], stack: bytes) -> None:
+    def _unwind(self, sample: Sample | MapCall, regs: dict[str, int], stack: bytes) -> None:
         from redhand.target.model import EndReason, Registers
 
         if self._target is None or self._unwinder is None or self._memory is None:
@@ -593,7 +635,7 @@ class Recorder:
             (n for n, frame in enumerate(frames) if frame.cfa is not None and frame.cfa > end),
             len(frames),
         )
-        if len(frames) > 1 and any(self._is_probed(frame.pc - 1) for frame in frames[1:2]):
+        if isinstance(sample, Sample) and len(frames) > 1 and self._is_probed(frames[1].pc - 1):
             sample.skipped = True
 
     def _is_probed(self, address: int) -> bool:
@@ -779,6 +821,20 @@ class Stack:
 
 
 @dataclass
+class MapStack:
+    """mmap, munmap or brk calls from one stack (every call: exact)."""
+
+    call: str  # "mmap (anonymous)", "mmap (file)", "munmap", "brk"
+    frames: list[str]
+    calls: int = 0
+    bytes: int = 0  # mapped, unmapped, or the break moved by
+    complete: bool = True
+
+
+_MAP_ANONYMOUS = 0x20
+
+
+@dataclass
 class AllocsResult:
     """What ``redhand allocs`` reports (see :func:`summarize`)."""
 
@@ -791,6 +847,7 @@ class AllocsResult:
     call_sites: list[CallSite]
     stacks: list[Stack]
     live: list[Stack]
+    maps: list[MapStack]
     samples: int
     complete: int
     skipped: int
@@ -842,7 +899,7 @@ def summarize(recorder: Recorder, recording: Recording) -> AllocsResult:
     ]
     names: dict[tuple[int, bool], str] = {}
 
-    def frames_of(sample: Sample) -> list[str]:
+    def frames_of(sample: Sample | MapCall) -> list[str]:
         frames = []
         for n, pc in enumerate(sample.pcs):
             key = (pc, n == 0)
@@ -884,6 +941,25 @@ def summarize(recorder: Recorder, recording: Recording) -> AllocsResult:
             held.calls += sample.weight_calls
             age = now - (boot_offset + when / 1e9)
             held.oldest = max(held.oldest, age)
+    maps: dict[tuple[str, tuple[str, ...]], MapStack] = {}
+    previous_break = 0
+    for call in sorted(recording.map_calls, key=lambda c: c.time):
+        if call.kind is Record.MMAP:
+            anonymous = call.arguments[3] & _MAP_ANONYMOUS
+            kind, size = ("mmap (anonymous)" if anonymous else "mmap (file)"), call.arguments[1]
+        elif call.kind is Record.MUNMAP:
+            kind, size = "munmap", call.arguments[1]
+        else:
+            moved_to = call.arguments[0]
+            kind = "brk"
+            size = moved_to - previous_break if moved_to and previous_break else 0
+            previous_break = moved_to or previous_break
+        frames = frames_of(call)
+        entry = maps.get((kind, tuple(frames)))
+        if entry is None:
+            entry = maps[(kind, tuple(frames))] = MapStack(kind, frames, complete=call.complete)
+        entry.calls += 1
+        entry.bytes += size
     target = recorder._target
     return AllocsResult(
         pid=recording.pid,
@@ -895,6 +971,7 @@ def summarize(recorder: Recorder, recording: Recording) -> AllocsResult:
         call_sites=sites,
         stacks=sorted(stacks.values(), key=lambda s: -s.bytes),
         live=sorted(live.values(), key=lambda s: -s.bytes),
+        maps=sorted(maps.values(), key=lambda m: -abs(m.bytes)),
         samples=len(recording.samples) - skipped,
         complete=complete,
         skipped=skipped,

@@ -93,6 +93,14 @@ def render_allocs_text(
             f"{stack.oldest:.1f} s old\n"
         )
         write("\n".join(_frames_text(stack, _FRAMES)) + "\n")
+    write("\n" + style("mmap, munmap and brk (every call):", "bold") + "\n")
+    if not result.maps:
+        write("  none\n")
+    for entry in result.maps[:top]:
+        amount = f"{format_size(abs(entry.bytes))}" + (" back" if entry.bytes < 0 else "")
+        write(f"  {entry.call}: {entry.calls:,} calls, {amount}\n")
+        frames = Stack(entry.frames, complete=entry.complete)
+        write("\n".join(_frames_text(frames, _FRAMES)) + "\n")
     lost = (result.lost_samples, result.lost_call_sites, result.lost_live)
     write(
         "\nlost: "
@@ -169,6 +177,16 @@ def allocs_json(result: AllocsResult) -> dict[str, object]:
         "complete": result.complete,
         "stacks": [stack_json(s) for s in result.stacks],
         "live": [stack_json(s) for s in result.live],
+        "maps": [
+            {
+                "call": m.call,
+                "frames": m.frames,
+                "calls": m.calls,
+                "bytes": m.bytes,
+                "complete": m.complete,
+            }
+            for m in result.maps
+        ],
         "lost": {
             "samples": result.lost_samples,
             "call_sites": result.lost_call_sites,
