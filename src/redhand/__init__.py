@@ -15,6 +15,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from redhand.capture.allocs import allocs
     from redhand.capture.gcore import GcoreResult, gcore
     from redhand.capture.run import Run, RunResult, run
     from redhand.capture.watch import Caught, Watch, watch
@@ -77,6 +78,7 @@ _LAZY = {
     "GcoreResult": "redhand.capture.gcore",
     "open_core": "redhand.target.core",
     "linkage": "redhand.dynlink",
+    "allocs": "redhand.capture.allocs",
     "Module": "redhand.target.module",
     "Target": "redhand.target.target",
     "Thread": "redhand.target.target",
@@ -125,6 +127,7 @@ __all__ = [
     "Watch",
     "ZombieProcess",
     "__version__",
+    "allocs",
     "attach",
     "gcore",
     "linkage",
