@@ -832,6 +832,7 @@ class MapStack:
 
 
 _MAP_ANONYMOUS = 0x20
+_OUTERMOST = frozenset({"_dl_start_user", "_dl_start"})
 
 
 @dataclass
@@ -920,8 +921,10 @@ def summarize(recorder: Recorder, recording: Recording) -> AllocsResult:
         if sample.skipped:
             skipped += 1
             continue
-        complete += sample.complete
         frames = frames_of(sample)
+        if not sample.complete and frames and frames[-1].split(" (")[0] in _OUTERMOST:
+            sample.complete = True  # ld.so's entry, running the constructors before main
+        complete += sample.complete
         key = tuple(frames)
         stack = stacks.get(key)
         if stack is None:

@@ -33,6 +33,53 @@ def _frames_text(stack: Stack, limit: int) -> list[str]:
     return lines
 
 
+_SHARE = 0.01  # a branch under this share of the bytes is summed up, not shown
+_DEPTH = 16
+
+
+class _Node:
+    __slots__ = ("bytes", "calls", "children", "samples")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.calls = 0
+        self.samples = 0
+        self.children: dict[str, _Node] = {}
+
+
+def _tree_text(stacks: list[Stack]) -> list[str]:
+    """The sampled stacks as a tree, the allocating function first and its callers below it,
+    each with its estimated bytes and share; branches under 1 % are summed up."""
+    root = _Node()
+    for stack in stacks:
+        node = root
+        for frame in stack.frames[:_DEPTH]:
+            node = node.children.setdefault(frame, _Node())
+            node.bytes += stack.bytes
+            node.calls += stack.calls
+            node.samples += stack.samples
+    total = sum(child.bytes for child in root.children.values()) or 1
+    lines: list[str] = []
+
+    def walk(node: _Node, depth: int) -> None:
+        children = sorted(node.children.items(), key=lambda item: -item[1].bytes)
+        small = [child for _name, child in children if child.bytes < _SHARE * total]
+        for name, child in children:
+            if child.bytes < _SHARE * total:
+                continue
+            share = child.bytes / total
+            lines.append(f"  {'  ' * depth}≈ {format_size(child.bytes)} {share:4.0%}  {name}")
+            walk(child, depth + 1)
+        if small:
+            bytes_ = sum(child.bytes for child in small)
+            lines.append(
+                f"  {'  ' * depth}≈ {format_size(bytes_)} in {len(small)} smaller branches"
+            )
+
+    walk(root, 0)
+    return lines
+
+
 def render_allocs_text(
     result: AllocsResult, stream: TextIO, *, top: int = _TOP, style: Style | None = None
 ) -> None:
@@ -79,11 +126,7 @@ def render_allocs_text(
         + style(f"sampled stacks (estimates, ≈), {result.samples:,} samples:", "bold")
         + f" {share} complete to _start or clone\n"
     )
-    for stack in result.stacks[:top]:
-        write(
-            f"  ≈ {format_size(stack.bytes)} in ≈ {stack.calls:,} calls ({stack.samples} samples)\n"
-        )
-        write("\n".join(_frames_text(stack, _FRAMES)) + "\n")
+    write("\n".join(_tree_text(result.stacks)) + "\n")
     write("\n" + style("live at the end (sampled, never freed: the leak suspects):", "bold") + "\n")
     if not result.live:
         write("  none\n")
