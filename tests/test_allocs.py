@@ -273,7 +273,31 @@ def _probes_of_redhand() -> list[str]:
 
 
 def test_a_program_that_allocates_too_often_is_refused_without_force(tmp_path: Path) -> None:
-    busy = compile_c(
+    with Program([_busy_loop(tmp_path)]) as program:
+        started = time.monotonic()
+        result = redhand("allocs", str(program.pid))
+        assert result.returncode == 14, result.stderr
+        assert "--force" in result.stderr and "allocator calls per second" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 2  # the attach line, then the error
+        assert time.monotonic() - started < TIMEOUT
+        assert Path(f"/proc/{program.pid}").exists()  # left running
+
+
+def test_losing_samples_makes_the_sampling_interval_grow(tmp_path: Path) -> None:
+    """A stack for every call of a busy loop is more than any ring holds: the samples lost are
+    counted, and past 1 % the gate samples less often, which the report says."""
+    with Program([_busy_loop(tmp_path)]) as program:
+        result = redhand("allocs", str(program.pid), "--all", "--force", "--duration", "1s",
+                         "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["lost"]["samples"] > 0
+    assert any("sampling interval grows" in note for note in document["notes"])
+    assert document["sample_bytes"] >= 64 << 10
+
+
+def _busy_loop(folder: Path) -> Path:
+    return compile_c(
         r"""
         #include <stdio.h>
         #include <stdlib.h>
@@ -287,17 +311,9 @@ def test_a_program_that_allocates_too_often_is_refused_without_force(tmp_path: P
             }
         }
         """,
-        tmp_path,
+        folder,
         ["-O1"],
     )
-    with Program([busy]) as program:
-        started = time.monotonic()
-        result = redhand("allocs", str(program.pid))
-        assert result.returncode == 14, result.stderr
-        assert "--force" in result.stderr and "allocator calls per second" in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 2  # the attach line, then the error
-        assert time.monotonic() - started < TIMEOUT
-        assert Path(f"/proc/{program.pid}").exists()  # left running
 
 
 @pytest.mark.parametrize(

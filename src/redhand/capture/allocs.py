@@ -32,6 +32,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from redhand.elf import ElfFile
+    from redhand.target.memory import Memory
     from redhand.target.module import Module
     from redhand.target.target import Target
     from redhand.unwind.unwinder import Unwinder
@@ -258,14 +260,14 @@ def _probe_at(
     return Probe(name, address + shifted, path, module.path, offset, spec, shifted)
 
 
-def _probe_shift(elf: object, vaddr: int) -> int:
+def _probe_shift(elf: ElfFile, vaddr: int) -> int:
     """Bytes to skip at a free function's entry: a leading ``test rdi, rdi; je`` (free(NULL)
     returns at once) is single-stepped by the kernel, about ten times the cost of the
     emulated ``push`` after it.  The pointer is still in rdi there."""
     from iced_x86 import Decoder, Mnemonic
 
     try:
-        code = elf.read_vaddr(vaddr, 32)  # type: ignore[attr-defined]
+        code = elf.read_vaddr(vaddr, 32)
     except RedhandError:
         return 0
     decoder = Decoder(64, code, ip=vaddr)
@@ -339,19 +341,16 @@ class Recording:
 class _SampleMemory:
     """A sample's copied stack, and the live process past it (for the unwinder)."""
 
-    def __init__(self, live: object) -> None:
+    def __init__(self, live: Memory) -> None:
         self.live = live
         self.start = 0
         self.data = b""
-        self.beyond = False
 
     def read(self, address: int, size: int) -> bytes:
         offset = address - self.start
         if offset >= 0 and offset + size <= len(self.data):
             return self.data[offset : offset + size]
-        if self.start <= address < self.start + len(self.data) + (64 << 20):
-            self.beyond = True
-        return self.live.read(address, size)  # type: ignore[attr-defined, no-any-return]
+        return self.live.read(address, size)
 
 
 class Recorder:
@@ -622,7 +621,7 @@ class Recorder:
                 break  # a library mapped since the last look (dlopen)
         memory = self._memory
         assert memory is not None and self._unwinder is not None
-        memory.start, memory.data, memory.beyond = regs["rsp"], stack, False
+        memory.start, memory.data = regs["rsp"], stack
         registers = Registers(**{name: regs[name] for name in kernel.REGISTERS})
         try:
             frames, reason, _detail = self._unwinder.unwind(registers, max_frames=512)
@@ -744,11 +743,9 @@ def launch_held(argv: Sequence[str]) -> int:
 
     pid = os.fork()
     if pid == 0:  # the child: to be traced, then the program
-        try:
+        with contextlib.suppress(BaseException):
             ptrace.raw_ptrace(0, 0, 0, 0)  # PTRACE_TRACEME
             os.execvp(argv[0], list(argv))
-        except BaseException:
-            pass
         os._exit(127)
     _, status = os.waitpid(pid, 0)
     if not os.WIFSTOPPED(status):
