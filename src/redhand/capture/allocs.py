@@ -48,6 +48,7 @@ _RING_BYTES = 32 << 20
 _CALL_SITES = 1 << 16
 _LIVE = 1 << 18
 _GUARD_SECONDS = 0.2
+_MAX_QUEUED = 4096  # samples waiting to be unwound (16 KiB each at most)
 
 
 class AllocsError(RedhandError):
@@ -328,6 +329,7 @@ class Recording:
     live: dict[int, int] = field(default_factory=dict)  # sample time -> pointer
     freed: int = 0
     lost_samples: int = 0
+    lost_unwinding: int = 0  # samples read but dropped: more than could be unwound
     lost_call_sites: int = 0
     lost_live: int = 0
     started: float = 0.0
@@ -526,14 +528,14 @@ class Recorder:
     def _adapt(self, recording: Recording) -> None:
         """More than 1 % of the samples lost (the ring full): sample half as often."""
         assert self._maps is not None
-        lost = kernel.read_stats(self._maps)[kernel.STAT_RING_FULL]
+        lost = kernel.read_stats(self._maps)[kernel.STAT_RING_FULL] + recording.lost_unwinding
         if lost - self._lost_seen <= 0.01 * max(len(recording.samples) - self._samples_seen, 1):
             self._lost_seen, self._samples_seen = lost, len(recording.samples)
             return
         mean = max(2 * self.mean, 64 << 10)
         recording.notes.append(
-            f"{lost - self._lost_seen} samples lost (the ring was full): the sampling interval "
-            f"grows to {mean:,} bytes"
+            f"{lost - self._lost_seen} samples lost (more than could be kept): the sampling "
+            f"interval grows to {mean:,} bytes"
         )
         self.mean = mean
         kernel.set_mean(self._maps, mean)
@@ -601,6 +603,11 @@ class Recorder:
                 self._queue.append((call, regs, data[start : start + copied]))
 
     def _sample(self, recording: Recording, tid: int, when: int, data: bytes) -> None:
+        if len(self._queue) >= _MAX_QUEUED:
+            # More samples than redhand unwinds: dropped, and counted as lost (the
+            # sampling interval then grows, as when the ring is full).
+            recording.lost_unwinding += 1
+            return
         index, copied, size, weight_bytes, weight_calls, *registers = kernel.SAMPLE.unpack_from(
             data, kernel.HEADER.size
         )
@@ -681,7 +688,7 @@ class Recorder:
                 recording.call_sites[(address, index)] = kernel.COUNTER_VALUE.unpack(value)
             stats = kernel.read_stats(maps)
             recording.lost_call_sites = stats[kernel.STAT_COUNTER_FULL]
-            recording.lost_samples = stats[kernel.STAT_RING_FULL]
+            recording.lost_samples = stats[kernel.STAT_RING_FULL] + recording.lost_unwinding
             recording.lost_live = stats[kernel.STAT_LIVE_FULL]
         self.close()
 

@@ -597,10 +597,12 @@ class RingBuffer:
         return pos
 
     def read(self) -> list[bytes]:
-        """Every record committed since the last read, oldest first."""
+        """The records committed since the last read, oldest first: those there when the
+        call began (a producer faster than the reader would never let it return)."""
         records: list[bytes] = []
         consumer = self._consumer_pos()
-        while consumer < self._producer_pos():
+        producer = self._producer_pos()
+        while consumer < producer:
             header = PAGE_SIZE + (consumer & self._mask)
             length = struct.unpack_from("<I", self._producer, header)[0]
             if length & _RINGBUF_BUSY:  # reserved, not committed yet: later records wait
