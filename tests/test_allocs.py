@@ -214,6 +214,31 @@ def test_a_launched_program_and_its_text_report(built: tuple[Path, Path]) -> Non
     assert "the program ended: status 0" in text
 
 
+def test_a_static_executables_own_allocator(tmp_path: Path) -> None:
+    static = compile_c(
+        r"""
+        #include <stdio.h>
+        #include <stdlib.h>
+        __attribute__((noinline)) void work(void)
+        {
+            for (int i = 0; i < 100; i++) {
+                char *volatile block = malloc(64);
+                free(block);
+            }
+        }
+        int main(void) { work(); puts("done"); return 0; }
+        """,
+        tmp_path,
+        ["-O1", "-g", "-static"],
+    )
+    result = redhand("allocs", "--force", "--json", "--", str(static))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout.splitlines()[-1])
+    modules = {Path(p["module"]).name for p in document["probes"] if p["symbol"] == "malloc"}
+    assert modules == {static.name}
+    assert site(document, "malloc", "work")["calls"] == 100
+
+
 def test_jemalloc_preloaded_is_the_allocator_probed(built: tuple[Path, Path]) -> None:
     if not Path(JEMALLOC).exists():
         pytest.skip("libjemalloc2 is not installed (tests/run.sh installs it)")
