@@ -1292,10 +1292,38 @@ def run_run(args: Arguments) -> int:
     return guard.exit_code
 
 
+def _collect(argv: Sequence[str]) -> int:
+    """``redhand collect [--store DIR] %P %i %I %s %t %c %d %u %g %F %h %e``: the kernel's
+    core handler, parsed by hand (it imports nothing it does not need)."""
+    from redhand.collect.helper import collect
+    from redhand.collect.store import DEFAULT_STORE
+
+    words = list(argv)
+    store = DEFAULT_STORE
+    analyze = True
+    while words[:1] in (["--store"], ["--no-analyze"]):
+        if words[0] == "--no-analyze":
+            analyze, words = False, words[1:]
+        elif len(words) > 1:
+            store, words = words[1], words[2:]
+        else:
+            break
+    if words[:1] == ["--"]:
+        words = words[1:]
+    return collect(words, store, analyze=analyze)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code instead of exiting (so tests can call it)."""
+    words = sys.argv[1:] if argv is None else argv
+    if words[:1] == ["collect"]:
+        return _collect(words[1:])
+    if words[:1] == ["crashes"]:
+        from redhand.collect.crashes import main as crashes
+
+        return crashes(list(words[1:]))
     try:
-        args = parse_arguments(sys.argv[1:] if argv is None else argv)
+        args = parse_arguments(words)
         run: Callable[[Arguments], int] = args.run
         return run(args)
     except UsageError as error:

@@ -1,0 +1,196 @@
+"""The analysis of collected crashes: the crash report, the signature, the bucket.
+
+Never done by the root collector.  For each crash still ``collected``, the
+store's owner (root) decompresses the core into a memory file and starts
+``redhand core --json`` on it as an unprivileged user (``nobody``), with no
+new privileges, no core dumps of its own, and bounded memory and CPU time; the
+report comes back on a pipe.  The signature is made from that report (plain
+data: names and numbers), and the crash, its bucket and the cores kept per
+bucket (the first two and the last three) are updated in one transaction.  A
+crash whose analysis failed (the analyzer killed, a damaged core) keeps its
+record and is tried again, up to three times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from redhand.collect.signature import signature
+from redhand.collect.store import connect, open_store
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 3
+KEEP_FIRST = 2
+KEEP_LAST = 3
+ANALYZER_SECONDS = 120
+ANALYZER_MEMORY = 4 << 30
+
+
+@dataclass
+class Analysis:
+    crash: str
+    ok: bool
+    signature: str | None = None
+    bucket: str | None = None
+    problem: str | None = None
+
+
+def _sandbox() -> None:
+    """In the analyzer, before it runs: an unprivileged user, nothing to gain, bounded."""
+    import ctypes
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_AS, (ANALYZER_MEMORY, ANALYZER_MEMORY))
+    resource.setrlimit(resource.RLIMIT_CPU, (ANALYZER_SECONDS, ANALYZER_SECONDS))
+    os.nice(10)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    if os.geteuid() == 0:
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        os.setgroups([])
+        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
+        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+
+
+def _memory_copy(store_fd: int, core: str) -> int:
+    """The core, decompressed, in a memory file the analyzer can open."""
+    import zstandard
+
+    memfd = os.memfd_create("redhand-core", os.MFD_CLOEXEC)
+    source = os.open(core, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=store_fd)
+    try:
+        with os.fdopen(source, "rb") as file, os.fdopen(memfd, "wb", closefd=False) as out:
+            zstandard.ZstdDecompressor().copy_stream(file, out)
+    except BaseException:
+        os.close(memfd)
+        raise
+    return memfd
+
+
+def report_of(store_fd: int, core: str) -> dict[str, object]:
+    """The crash report of a stored core, made by a sandboxed ``redhand core --json``."""
+    memfd = _memory_copy(store_fd, core)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "redhand", "core", "--json", "--no-source",
+             f"/proc/self/fd/{memfd}"],
+            pass_fds=(memfd,),
+            preexec_fn=_sandbox,
+            capture_output=True,
+            text=True,
+            timeout=ANALYZER_SECONDS * 2,
+            stdin=subprocess.DEVNULL,
+            cwd="/",
+        )  # fmt: skip
+    finally:
+        os.close(memfd)
+    if result.returncode != 0:
+        said = result.stderr.strip().splitlines()
+        raise RuntimeError(said[-1] if said else f"the analyzer ended with {result.returncode}")
+    document: dict[str, object] = json.loads(result.stdout)
+    return document
+
+
+def analyze(store: str, crash_ids: list[str] | None = None) -> list[Analysis]:
+    """Analyze the crashes still waiting (or those named)."""
+    import zstandard
+
+    store_fd = open_store(store, create=False)
+    connection = connect(store_fd)
+    try:
+        if crash_ids:
+            marks = ", ".join("?" for _ in crash_ids)
+            rows = connection.execute(
+                f"SELECT id, core, exe FROM crashes WHERE id IN ({marks})", crash_ids
+            ).fetchall()
+        else:
+            rows = connection.execute(
+                "SELECT id, core, exe FROM crashes WHERE status = 'collected' AND attempts < ? "
+                "ORDER BY time",
+                (ATTEMPTS,),
+            ).fetchall()
+        results = []
+        for crash_id, core, exe in rows:
+            connection.execute(
+                "UPDATE crashes SET attempts = attempts + 1 WHERE id = ?", (crash_id,)
+            )
+            if core is None:
+                results.append(_record_failure(connection, crash_id, "no core was kept"))
+                continue
+            try:
+                report = report_of(store_fd, core)
+            except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
+                results.append(_record_failure(connection, crash_id, str(error)))
+                continue
+            found = signature(report)
+            packed = zstandard.ZstdCompressor(level=3).compress(json.dumps(report).encode())
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(
+                "UPDATE crashes SET status = 'analyzed', report = ?, signature = ?, bucket = ?, "
+                "sig_version = ?, kind = ?, frames = ?, exe = COALESCE(exe, ?) WHERE id = ?",
+                (packed, found.text, found.key, found.version, found.kind,
+                 json.dumps(found.frames), report.get("exe"), crash_id),
+            )  # fmt: skip
+            when = connection.execute(
+                "SELECT time FROM crashes WHERE id = ?", (crash_id,)
+            ).fetchone()[0]
+            connection.execute(
+                "INSERT INTO buckets (key, signature, exe, kind, first_seen, last_seen, count) "
+                "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (key) DO UPDATE SET "
+                "count = count + 1, first_seen = MIN(first_seen, excluded.first_seen), "
+                "last_seen = MAX(last_seen, excluded.last_seen)",
+                (found.key, found.text, exe or report.get("exe"), found.kind, when, when),
+            )
+            removed = _prune_bucket(connection, found.key)
+            connection.execute("COMMIT")
+            for path in removed:
+                with contextlib.suppress(OSError):
+                    os.unlink(path, dir_fd=store_fd)
+            results.append(Analysis(crash_id, True, found.text, found.key))
+        return results
+    finally:
+        connection.close()
+        os.close(store_fd)
+
+
+def _record_failure(connection: object, crash_id: str, problem: str) -> Analysis:
+    attempts = connection.execute(  # type: ignore[attr-defined]
+        "SELECT attempts FROM crashes WHERE id = ?", (crash_id,)
+    ).fetchone()[0]
+    status = "failed" if attempts >= ATTEMPTS else "collected"
+    connection.execute(  # type: ignore[attr-defined]
+        "UPDATE crashes SET status = ?, note = COALESCE(note || '; ', '') || ? WHERE id = ?",
+        (status, f"analysis: {problem}", crash_id),
+    )
+    return Analysis(crash_id, False, problem=problem)
+
+
+def _prune_bucket(connection: object, key: str) -> list[str]:
+    """Keep the cores of a bucket's first two and last three crashes; the rest go (their
+    records stay).  The files to delete."""
+    rows = connection.execute(  # type: ignore[attr-defined]
+        "SELECT id, core FROM crashes WHERE bucket = ? AND core IS NOT NULL ORDER BY time",
+        (key,),
+    ).fetchall()
+    if len(rows) <= KEEP_FIRST + KEEP_LAST:
+        return []
+    drop = rows[KEEP_FIRST : len(rows) - KEEP_LAST]
+    for crash_id, _core in drop:
+        connection.execute(  # type: ignore[attr-defined]
+            "UPDATE crashes SET core = NULL, note = COALESCE(note || '; ', '') || ? WHERE id = ?",
+            (f"core removed {time.strftime('%Y-%m-%d')}: its bucket keeps "
+             f"{KEEP_FIRST} first and {KEEP_LAST} last", crash_id),
+        )  # fmt: skip
+    return [core for _crash, core in drop]

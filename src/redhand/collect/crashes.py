@@ -1,0 +1,400 @@
+"""``redhand crashes``: the crashes kept on this machine, grouped by bucket.
+
+    redhand crashes [--store DIR] [FILTERS] [--json]      buckets: count, first and last seen
+    redhand crashes list [FILTERS] [--json]               every crash, newest first
+    redhand crashes show BUCKET|CRASH [--json]            a crash's report, or a bucket's crashes
+    redhand crashes dump CRASH -o FILE                    the core, decompressed, sparse
+    redhand crashes analyze [CRASH ...]                   analyze what is waiting (see analyze.py)
+    redhand crashes rebucket                              signatures again, by the current rules
+    redhand crashes du                                    the store's size
+    redhand crashes prune [--cores-older-than 30d] [--records-older-than 180d]
+
+FILTERS: ``--exe PATH-OR-NAME``, ``--pid N``, ``--kind KIND``, ``--since``
+and ``--until`` (``2026-12-01``, ``2026-12-01 14:00``, or ``3d``/``12h`` ago).
+Ids are a crash's id or a bucket's key, or any unique prefix of either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import sqlite3
+import sys
+import time
+
+from redhand.collect.store import DEFAULT_STORE, StoreError, connect, open_store
+
+_EXIT_NOT_FOUND = 3
+
+
+def _when(text: str) -> float:
+    """A time: an ISO date (and time), or a duration ago (``3d``, ``12h``, ``30m``)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    if text and text[-1] in units and text[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(text[:-1]) * units[text[-1]]
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (2026-12-01, '2026-12-01 14:00', or 3d, 12h ago)"
+        ) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="redhand crashes", description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=os.environ.get("REDHAND_STORE", DEFAULT_STORE))
+    parser.add_argument("--json", action="store_true", help="print JSON (one document)")
+    parser.add_argument("--exe", help="only this program (a path, or its file name)")
+    parser.add_argument("--pid", type=int, help="only crashes of this pid")
+    parser.add_argument("--kind", help="only this crash kind (null-dereference, assertion, ...)")
+    parser.add_argument("--since", type=_when, help="only crashes since then")
+    parser.add_argument("--until", type=_when, help="only crashes until then")
+    parser.add_argument("-o", "--output", help="dump: the file to write")
+    parser.add_argument("--cores-older-than", type=_when, dest="cores_before")
+    parser.add_argument("--records-older-than", type=_when, dest="records_before")
+    parser.add_argument(
+        "verb",
+        nargs="?",
+        default="buckets",
+        choices=["buckets", "list", "show", "dump", "analyze", "rebucket", "du", "prune"],
+    )
+    parser.add_argument("ids", nargs="*")
+    return parser
+
+
+def _filters(args: argparse.Namespace) -> tuple[str, list[object]]:
+    where, values = ["1"], []
+    if args.exe:
+        where.append("(exe = ? OR exe LIKE ?)")
+        values += [args.exe, f"%/{args.exe}"]
+    if args.pid is not None:
+        where.append("pid = ?")
+        values.append(args.pid)
+    if args.kind:
+        where.append("kind = ?")
+        values.append(args.kind)
+    if args.since is not None:
+        where.append("time >= ?")
+        values.append(args.since)
+    if args.until is not None:
+        where.append("time <= ?")
+        values.append(args.until)
+    return " AND ".join(where), values
+
+
+def _stamp(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.verb == "analyze":
+        from redhand.collect.analyze import analyze
+
+        for result in analyze(args.store, args.ids or None):
+            status = result.signature if result.ok else f"failed: {result.problem}"
+            print(f"{result.crash}: {status}")
+        return 0
+    try:
+        store_fd = open_store(args.store, create=False)
+    except StoreError as error:
+        print(f"redhand: {error.strerror or error}", file=sys.stderr)
+        return 11
+    connection = connect(store_fd)
+    try:
+        verb = {
+            "buckets": _buckets,
+            "list": _list,
+            "show": _show,
+            "dump": _dump,
+            "rebucket": _rebucket,
+            "du": _du,
+            "prune": _prune,
+        }[args.verb]
+        return verb(connection, store_fd, args)
+    finally:
+        connection.close()
+        os.close(store_fd)
+
+
+def _buckets(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
+    where, values = _filters(args)
+    rows = connection.execute(
+        "SELECT bucket, COUNT(*), MIN(time), MAX(time), MAX(kind), MAX(exe), MAX(signature), "
+        f"SUM(core IS NOT NULL) FROM crashes WHERE {where} AND bucket IS NOT NULL "
+        "GROUP BY bucket ORDER BY COUNT(*) DESC, MAX(time) DESC",
+        values,
+    ).fetchall()
+    waiting = connection.execute(
+        f"SELECT COUNT(*) FROM crashes WHERE {where} AND bucket IS NULL", values
+    ).fetchone()[0]
+    if args.json:
+        document = {
+            "redhand": 1,
+            "kind": "crash-buckets",
+            "buckets": [
+                {
+                    "bucket": b,
+                    "count": n,
+                    "first_seen": first,
+                    "last_seen": last,
+                    "kind": kind,
+                    "exe": exe,
+                    "signature": text,
+                    "cores": cores,
+                }
+                for b, n, first, last, kind, exe, text, cores in rows
+            ],
+            "not_analyzed": waiting,
+        }
+        print(json.dumps(document))
+        return 0
+    print(
+        f"{'BUCKET':<12} {'COUNT':>6} {'CORES':>5}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  "
+        "PROGRAM: SIGNATURE"
+    )
+    for bucket, count, first, last, _kind, exe, text, cores in rows:
+        name = (exe or "?").rsplit("/", 1)[-1]
+        print(
+            f"{bucket[:12]:<12} {count:>6} {cores:>5}  {_stamp(first)}  {_stamp(last)}  "
+            f"{name}: {text[:160]}"
+        )
+    if waiting:
+        print(f"{waiting} crash(es) not analyzed yet (redhand crashes analyze)")
+    return 0
+
+
+def _list(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
+    where, values = _filters(args)
+    rows = connection.execute(
+        "SELECT id, time, pid, signal, exe, comm, kind, bucket, core IS NOT NULL, status, note "
+        f"FROM crashes WHERE {where} ORDER BY time DESC",
+        values,
+    ).fetchall()
+    if args.json:
+        keys = (
+            "id",
+            "time",
+            "pid",
+            "signal",
+            "exe",
+            "comm",
+            "kind",
+            "bucket",
+            "core_kept",
+            "status",
+            "note",
+        )
+        crashes = [dict(zip(keys, row, strict=True)) for row in rows]
+        print(json.dumps({"redhand": 1, "kind": "crash-list", "crashes": crashes}))
+        return 0
+    for crash_id, when, pid, sig, exe, comm, kind, bucket, kept, status, note in rows:
+        name = (exe or comm or "?").rsplit("/", 1)[-1]
+        print(
+            f"{crash_id[:12]}  {_stamp(when)}  pid {pid}  signal {sig}  {name}  "
+            f"{kind or status}  bucket {(bucket or '-')[:12]}  core {'kept' if kept else 'no'}"
+            + (f"  ({note})" if note else "")
+        )
+    return 0
+
+
+def _find(connection: sqlite3.Connection, text: str) -> tuple[str, str] | None:
+    """('crash' or 'bucket', the full id) for an id or a unique prefix."""
+    for table, column in (("crashes", "id"), ("crashes", "bucket")):
+        rows = connection.execute(
+            f"SELECT DISTINCT {column} FROM {table} WHERE {column} LIKE ? LIMIT 2",
+            (text.replace("%", "") + "%",),
+        ).fetchall()
+        if len(rows) == 1:
+            return ("crash" if column == "id" else "bucket"), rows[0][0]
+    return None
+
+
+def _show(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
+    import zstandard
+
+    if not args.ids:
+        print("redhand crashes show: a crash id or a bucket key is expected", file=sys.stderr)
+        return 2
+    found = _find(connection, args.ids[0])
+    if found is None:
+        print(f"redhand crashes: no crash or bucket {args.ids[0]!r}", file=sys.stderr)
+        return _EXIT_NOT_FOUND
+    what, key = found
+    if what == "bucket":
+        args.ids = []
+        signature_row = connection.execute(
+            "SELECT signature, count, first_seen, last_seen FROM buckets WHERE key = ?", (key,)
+        ).fetchone()
+        if not args.json:
+            print(
+                f"bucket {key}\nsignature: {signature_row[0]}\n{signature_row[1]} crashes, "
+                f"{_stamp(signature_row[2])} to {_stamp(signature_row[3])}\n"
+            )
+        args.kind = None
+        return _list_bucket(connection, key, args)
+    row = connection.execute(
+        "SELECT report, signature, bucket, note, core, exe, time FROM crashes WHERE id = ?", (key,)
+    ).fetchone()
+    report = json.loads(zstandard.ZstdDecompressor().decompress(row[0])) if row[0] else None
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "redhand": 1,
+                    "kind": "crash-record",
+                    "id": key,
+                    "signature": row[1],
+                    "bucket": row[2],
+                    "note": row[3],
+                    "core": row[4],
+                    "report": report,
+                }
+            )
+        )
+        return 0
+    print(f"crash {key} of {row[5] or '?'} at {_stamp(row[6])}")
+    print(f"signature: {row[1] or '(not analyzed yet)'}\nbucket: {row[2] or '-'}")
+    if row[3]:
+        print(f"note: {row[3]}")
+    if report:
+        crash = report.get("crash") or {}
+        print(f"\n{crash.get('explanation', '')}\n")
+        for thread in report.get("threads", []):
+            if thread.get("tid") == crash.get("thread"):
+                for frame in thread.get("frames", [])[:30]:
+                    where = f" at {frame['file']}:{frame['line']}" if frame.get("file") else ""
+                    name = frame.get("function") or f"{frame.get('pc', 0):#x}"
+                    module = (frame.get("module") or "?").rsplit("/", 1)[-1]
+                    print(f"#{frame.get('index')}  {name}{where} ({module})")
+    return 0
+
+
+def _list_bucket(connection: sqlite3.Connection, key: str, args: argparse.Namespace) -> int:
+    rows = connection.execute(
+        "SELECT id, time, pid, core IS NOT NULL FROM crashes WHERE bucket = ? ORDER BY time DESC",
+        (key,),
+    ).fetchall()
+    if args.json:
+        crashes = [{"id": i, "time": t, "pid": p, "core_kept": bool(k)} for i, t, p, k in rows]
+        print(json.dumps({"redhand": 1, "kind": "crash-bucket", "bucket": key, "crashes": crashes}))
+        return 0
+    for crash_id, when, pid, kept in rows:
+        print(f"{crash_id}  {_stamp(when)}  pid {pid}  core {'kept' if kept else 'no'}")
+    return 0
+
+
+def _dump(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespace) -> int:
+    import zstandard
+
+    if not args.ids or not args.output:
+        print("redhand crashes dump: CRASH and -o FILE are expected", file=sys.stderr)
+        return 2
+    found = _find(connection, args.ids[0])
+    if found is None or found[0] != "crash":
+        print(f"redhand crashes: no crash {args.ids[0]!r}", file=sys.stderr)
+        return _EXIT_NOT_FOUND
+    core = connection.execute("SELECT core FROM crashes WHERE id = ?", (found[1],)).fetchone()[0]
+    if core is None:
+        print(f"redhand crashes: crash {found[1]} has no core kept", file=sys.stderr)
+        return _EXIT_NOT_FOUND
+    source = os.open(core, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=store_fd)
+    target = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(source, "rb") as file, os.fdopen(target, "wb") as out:
+        reader = zstandard.ZstdDecompressor().stream_reader(file)
+        zero = bytes(1 << 16)
+        while chunk := reader.read(1 << 16):
+            if chunk == zero[: len(chunk)]:
+                out.seek(len(chunk), os.SEEK_CUR)  # a hole: the dump stays sparse
+            else:
+                out.write(chunk)
+        out.truncate()
+    print(f"{args.output}: the core of crash {found[1]}")
+    return 0
+
+
+def _rebucket(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
+    import zstandard
+
+    from redhand.collect.signature import signature
+
+    rows = connection.execute("SELECT id, report, time, exe FROM crashes WHERE report IS NOT NULL")
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("DELETE FROM buckets")
+    moved = 0
+    for crash_id, packed, when, exe in rows.fetchall():
+        report = json.loads(zstandard.ZstdDecompressor().decompress(packed))
+        found = signature(report)
+        moved += connection.execute(
+            "UPDATE crashes SET signature = ?, bucket = ?, sig_version = ?, kind = ? "
+            "WHERE id = ? AND bucket IS NOT ?",
+            (found.text, found.key, found.version, found.kind, crash_id, found.key),
+        ).rowcount
+        connection.execute(
+            "INSERT INTO buckets (key, signature, exe, kind, first_seen, last_seen, count) "
+            "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (key) DO UPDATE SET count = count + 1, "
+            "first_seen = MIN(first_seen, excluded.first_seen), "
+            "last_seen = MAX(last_seen, excluded.last_seen)",
+            (found.key, found.text, exe, found.kind, when, when),
+        )
+    connection.execute("COMMIT")
+    print(f"{moved} crash(es) changed bucket")
+    return 0
+
+
+def _du(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespace) -> int:
+    cores, stored, read = connection.execute(
+        "SELECT COUNT(core), COALESCE(SUM(CASE WHEN core IS NOT NULL THEN core_stored END), 0), "
+        "COALESCE(SUM(CASE WHEN core IS NOT NULL THEN core_bytes END), 0) FROM crashes"
+    ).fetchone()
+    records = connection.execute("SELECT COUNT(*) FROM crashes").fetchone()[0]
+    database = os.stat("crashes.db", dir_fd=store_fd).st_size
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "redhand": 1,
+                    "kind": "crash-store",
+                    "records": records,
+                    "cores": cores,
+                    "core_bytes": read,
+                    "stored_bytes": stored,
+                    "database_bytes": database,
+                }
+            )
+        )
+        return 0
+    print(
+        f"{records} crash records, {cores} cores kept: {stored / (1 << 20):.1f} MiB stored "
+        f"({read / (1 << 20):.1f} MiB uncompressed); database {database / (1 << 20):.1f} MiB"
+    )
+    return 0
+
+
+def _prune(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespace) -> int:
+    cores_before = args.cores_before or time.time() - 30 * 86400
+    records_before = args.records_before or time.time() - 180 * 86400
+    connection.execute("BEGIN IMMEDIATE")
+    old = connection.execute(
+        "SELECT id, core FROM crashes WHERE core IS NOT NULL AND time < ?", (cores_before,)
+    ).fetchall()
+    connection.execute(
+        "UPDATE crashes SET core = NULL, note = COALESCE(note || '; ', '') || 'core pruned' "
+        "WHERE core IS NOT NULL AND time < ?",
+        (cores_before,),
+    )
+    gone = connection.execute("DELETE FROM crashes WHERE time < ?", (records_before,)).rowcount
+    connection.execute(
+        "DELETE FROM buckets WHERE key NOT IN (SELECT bucket FROM crashes WHERE bucket IS NOT NULL)"
+    )
+    connection.execute("COMMIT")
+    for _crash, core in old:
+        with contextlib.suppress(OSError):
+            os.unlink(core, dir_fd=store_fd)
+    print(f"{len(old)} core(s) and {gone} record(s) pruned")
+    return 0

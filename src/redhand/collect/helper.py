@@ -1,0 +1,285 @@
+"""``redhand collect``: the kernel's core handler.
+
+The kernel runs it as root for every crash (``core_pattern`` is
+``|/usr/bin/redhand collect %P %i %I %s %t %c %d %u %g %F %h %e``), with the
+core on standard input and, on Linux 6.16 and later, a pidfd of the crashed
+process on fd 3 (``%F``).  It imports the standard library and zstandard
+only, and does as little as it can while the crashed process waits:
+
+1. **Identity from the pidfd**, never from a pid alone: the process's /proc
+   files are read only while the pidfd still names it (its fdinfo gives the
+   pid, or -1 once the process is gone), before and after reading.  Without
+   ``%F`` (an older kernel) it opens a pidfd itself and checks the command
+   name and the start time; the record says which.
+2. **Privileges from %d only**: everything is root's (0600 in a 0700 store);
+   nothing is ever made readable to the crashed process's user.
+3. **Limits before writing**: ``%c`` (RLIMIT_CORE) 0 keeps no core, a smaller
+   one cuts it; a store over its size limit or a file system short of free
+   space keeps no core; more than 10 crashes of one program in a minute keep
+   no core.  The record is kept in every case, with the reason.
+4. **The core** is drained from stdin (all of it: the kernel waits for that)
+   into ``spool/ID.core.zst``, created with O_EXCL|O_NOFOLLOW relative to the
+   checked store, compressed with zstd (level 3) and fsynced.
+5. **The record** goes into SQLite (WAL, one short IMMEDIATE transaction).
+6. **The analysis** (the crash report, the signature) is left to a separate,
+   unprivileged process (``redhand crashes analyze``), started detached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+from redhand.collect.store import DEFAULT_STORE, SPOOL, StoreError, connect, open_store
+
+_CHUNK = 1 << 20
+_PROC_LIMIT = 64 << 10
+MAX_CORE = 8 << 30  # bytes of core kept at most, whatever %c says
+KEEP_FREE = 0.15  # of the file system
+MAX_USE = 0.10  # of the file system, for the whole store
+RATE = 10  # crashes of one program per minute that keep their core
+_SYS_PIDFD_OPEN = 434
+_ARGUMENTS = ("pid", "tid", "ns_tid", "signal", "time", "core_limit", "dump_mode", "uid", "gid",
+              "pidfd", "hostname", "comm")  # fmt: skip
+
+
+def _number(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _limit(text: str) -> int | None:
+    """%c as stored: None for unlimited (RLIM_INFINITY does not fit SQLite's integers)."""
+    value = _number(text)
+    return None if value is None or value >= 1 << 63 else value
+
+
+def _pidfd_pid(pidfd: int) -> int | None:
+    """The pid a pidfd names now (None: not a pidfd; -1 once the process is gone)."""
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as file:
+            for line in file.read(4096).splitlines():
+                if line.startswith(b"Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _read_proc(pid: int, name: str) -> bytes | None:
+    """A /proc file of the process, bounded, never following a link or opening a FIFO."""
+    try:
+        fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, _PROC_LIMIT)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
+    """('pidfd', 'pidfd_open' or 'none'; what /proc said while the pidfd named the process)."""
+    pid = _number(args["pid"])
+    facts: dict[str, str | None] = {"exe": None, "cmdline": None}
+    if pid is None or pid <= 0:
+        return "none", facts
+    pidfd = _number(args["pidfd"]) if args["pidfd"] else None
+    how = "pidfd"
+    if pidfd is None or _pidfd_pid(pidfd) != pid:
+        how = "pidfd_open"
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pidfd = int(libc.syscall(_SYS_PIDFD_OPEN, pid, 0))
+        if pidfd < 0:
+            return "none", facts
+        comm = (_read_proc(pid, "comm") or b"").strip().decode("utf-8", "replace")
+        if comm[:15] != args["comm"][:15]:
+            os.close(pidfd)
+            return "none", facts  # another process has this pid now
+    try:
+        exe = None
+        with contextlib.suppress(OSError):
+            exe = os.readlink(f"/proc/{pid}/exe")
+        cmdline = _read_proc(pid, "cmdline")
+        if _pidfd_pid(pidfd) != pid:  # the process went away while /proc was read
+            return "none", facts
+        facts["exe"] = exe
+        if cmdline is not None:
+            facts["cmdline"] = cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
+        return how, facts
+    finally:
+        if how == "pidfd_open":
+            os.close(pidfd)
+
+
+def _room(store_fd: int, connection: object) -> str | None:
+    """Why a core cannot be kept now (None: it can)."""
+    space = os.statvfs(f"/proc/self/fd/{store_fd}")
+    total = space.f_blocks * space.f_frsize
+    free = space.f_bavail * space.f_frsize
+    if total and free < KEEP_FREE * total:
+        return f"the file system has {free >> 20} MiB free, under {KEEP_FREE:.0%}"
+    used = connection.execute(  # type: ignore[attr-defined]
+        "SELECT COALESCE(SUM(core_stored), 0) FROM crashes WHERE core IS NOT NULL"
+    ).fetchone()[0]
+    if total and used > MAX_USE * total:
+        return f"the store holds {used >> 20} MiB of cores, over {MAX_USE:.0%} of the disk"
+    return None
+
+
+def _drain(store_fd: int, name: str, limit: int) -> tuple[int, int, bool]:
+    """The core from stdin into spool/NAME (zstd), at most ``limit`` bytes of it; the rest
+    is read and dropped.  (bytes read, bytes written, cut)."""
+    import zstandard
+
+    spool = os.open(SPOOL, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=store_fd)
+    try:
+        fd = os.open(
+            name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=spool,
+        )
+        read = 0
+        with os.fdopen(fd, "wb") as file:
+            writer = zstandard.ZstdCompressor(level=3).stream_writer(file, closefd=False)
+            stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
+            while True:
+                chunk = stdin.read(_CHUNK)
+                if not chunk:
+                    break
+                if read < limit:
+                    writer.write(chunk[: limit - read])
+                read += len(chunk)
+            writer.flush(zstandard.FLUSH_FRAME)
+            file.flush()
+            os.fsync(file.fileno())
+            written = file.tell()
+        os.fsync(spool)
+        return read, written, read > limit
+    finally:
+        os.close(spool)
+
+
+def _drain_to_nothing() -> int:
+    stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
+    total = 0
+    while chunk := stdin.read(_CHUNK):
+        total += len(chunk)
+    return total
+
+
+def _start_analysis(store: str, crash_id: str) -> None:
+    """``redhand crashes analyze ID``, detached (the kernel does not wait for it)."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            if os.fork() == 0:
+                null = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                command = [sys.executable, "-m", "redhand", "crashes", "--store", store,
+                           "analyze", crash_id]  # fmt: skip
+                os.execv(sys.executable, command)
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+
+
+def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True) -> int:
+    """Collect one crash (see the module's documentation); the crash's id is printed."""
+    os.umask(0o077)
+    values = (argv + [""] * len(_ARGUMENTS))[: len(_ARGUMENTS)]
+    args = dict(zip(_ARGUMENTS, values, strict=True))
+    if len(argv) > len(_ARGUMENTS):  # %e last: a command name with spaces
+        args["comm"] = " ".join(argv[len(_ARGUMENTS) - 1 :])
+    crash_id = os.urandom(16).hex()
+    try:
+        store_fd = open_store(store, create=True)
+    except StoreError as error:
+        _drain_to_nothing()
+        print(f"redhand collect: {error.strerror or error}", file=sys.stderr)
+        return 1
+    try:
+        identity, facts = _identity(args)
+        connection = connect(store_fd)
+        limit = _number(args["core_limit"])
+        limit = MAX_CORE if limit is None or limit < 0 else min(limit, MAX_CORE)
+        note = None
+        if limit == 0:
+            note = "the core size limit (RLIMIT_CORE) was 0"
+        if note is None:
+            note = _room(store_fd, connection)
+        if note is None:
+            # The program: its executable when the pidfd told it, else its command name.
+            recent = connection.execute(
+                "SELECT COUNT(*) FROM crashes WHERE COALESCE(exe, comm) = ? AND collected > ? "
+                "AND core IS NOT NULL",
+                (facts["exe"] or args["comm"], time.time() - 60),
+            ).fetchone()[0]
+            if recent >= RATE:
+                note = f"{recent} crashes of this program in the last minute: no more cores"
+        core_name = None
+        read = written = 0
+        truncated = False
+        if note is None:
+            core_name = f"{crash_id}.core.zst"
+            try:
+                read, written, truncated = _drain(store_fd, core_name, limit)
+            except OSError as error:  # the disk filled while it was written
+                with contextlib.suppress(OSError):
+                    os.unlink(f"{SPOOL}/{core_name}", dir_fd=store_fd)
+                core_name, written = None, 0
+                note = f"the core could not be written: {error.strerror or error}"
+                read = _drain_to_nothing()
+            if truncated:
+                note = f"cut at {limit} bytes (the core size limit) of {read}"
+        else:
+            read = _drain_to_nothing()
+        row = {
+            "id": crash_id,
+            "time": float(_number(args["time"]) or time.time()),
+            "collected": time.time(),
+            "pid": _number(args["pid"]),
+            "tid": _number(args["tid"]),
+            "ns_pid": None,
+            "ns_tid": _number(args["ns_tid"]),
+            "signal": _number(args["signal"]),
+            "uid": _number(args["uid"]),
+            "gid": _number(args["gid"]),
+            "dump_mode": _number(args["dump_mode"]),
+            "core_limit": _limit(args["core_limit"]),
+            "hostname": args["hostname"] or None,
+            "comm": args["comm"] or None,
+            "exe": facts["exe"],
+            "cmdline": facts["cmdline"],
+            "identity": identity,
+            "core": f"{SPOOL}/{core_name}" if core_name else None,
+            "core_bytes": read,
+            "core_stored": written,
+            "truncated": int(truncated),
+            "note": note,
+            "status": "collected",
+        }
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(f"INSERT INTO crashes ({columns}) VALUES ({marks})", tuple(row.values()))
+        connection.execute("COMMIT")
+        connection.close()
+    finally:
+        os.close(store_fd)
+    print(crash_id)
+    sys.stdout.flush()
+    if analyze:
+        _start_analysis(store, crash_id)
+    return 0

@@ -1,0 +1,117 @@
+"""The crash store: a root-only folder with the cores and an SQLite database of the crashes.
+
+    STORE/              0700, root's
+      crashes.db        SQLite in WAL mode: one row per crash, one per bucket
+      spool/            0700: CRASH_ID.core.zst, 0600
+
+Only the standard library here: the collector (run by the kernel as root at
+every crash) imports this module.  Every path is opened relative to the
+store's directory descriptor with O_NOFOLLOW, and the store itself is checked
+(a directory, not a symbolic link, owned by the user running, mode 0700)
+before anything is written: a store or a core path replaced by a link is
+refused, never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+
+DEFAULT_STORE = "/var/lib/redhand"
+DATABASE = "crashes.db"
+SPOOL = "spool"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS crashes (
+    id TEXT PRIMARY KEY,            -- a random 128-bit id, in hex
+    time REAL NOT NULL,             -- the kernel's %t (seconds since the epoch)
+    collected REAL NOT NULL,
+    pid INTEGER, tid INTEGER,       -- in the initial pid namespace (%P, %I)
+    ns_pid INTEGER, ns_tid INTEGER, -- in the process's own (%p is not passed; %i)
+    signal INTEGER, uid INTEGER, gid INTEGER,
+    dump_mode INTEGER,              -- %d: 1 the process's user may read it, 2 root only
+    core_limit INTEGER,             -- %c, RLIMIT_CORE when it crashed
+    hostname TEXT, comm TEXT, exe TEXT, cmdline TEXT,
+    identity TEXT,                  -- 'pidfd' (from the kernel), 'pidfd_open' or 'none'
+    core TEXT,                      -- the core's file in the spool, or NULL
+    core_bytes INTEGER,             -- bytes of core read from the kernel
+    core_stored INTEGER,            -- bytes of the compressed file
+    truncated INTEGER NOT NULL DEFAULT 0,
+    note TEXT,                      -- why the core was not kept, or was cut
+    status TEXT NOT NULL,           -- 'collected', 'analyzed', 'failed'
+    attempts INTEGER NOT NULL DEFAULT 0,
+    report BLOB,                    -- the crash report (JSON, zstd)
+    signature TEXT, bucket TEXT, sig_version INTEGER, kind TEXT, frames TEXT
+);
+CREATE INDEX IF NOT EXISTS crashes_bucket ON crashes (bucket, time);
+CREATE INDEX IF NOT EXISTS crashes_exe ON crashes (exe, time);
+CREATE INDEX IF NOT EXISTS crashes_time ON crashes (time);
+CREATE TABLE IF NOT EXISTS buckets (
+    key TEXT PRIMARY KEY,
+    signature TEXT NOT NULL, exe TEXT, kind TEXT,
+    first_seen REAL, last_seen REAL, count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+class StoreError(OSError):
+    """The store cannot be used safely (a link, another owner, loose permissions)."""
+
+
+def open_store(path: str, *, create: bool) -> int:
+    """A descriptor of the store's directory, checked; created (0700) when missing and
+    ``create``."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        message = f"the crash store {path} cannot be opened: {error.strerror}"
+        raise StoreError(error.errno, message) from None
+    try:
+        _check(fd, path)
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(SPOOL, 0o700, dir_fd=fd)
+        try:
+            spool = os.open(SPOOL, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as error:  # a link, a file, or missing
+            message = f"{path}/{SPOOL} cannot be used: {error.strerror}"
+            raise StoreError(error.errno, message) from None
+        try:
+            _check(spool, f"{path}/{SPOOL}")
+        finally:
+            os.close(spool)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check(fd: int, path: str) -> None:
+    info = os.fstat(fd)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(0, f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise StoreError(0, f"{path} belongs to uid {info.st_uid}, not to uid {os.geteuid()}")
+    if info.st_mode & 0o077:
+        raise StoreError(0, f"{path} is open to others (mode {info.st_mode & 0o777:o}, not 700)")
+
+
+def connect(store_fd: int) -> sqlite3.Connection:
+    """The crash database of a checked store (through its descriptor: no path is followed)."""
+    database = f"/proc/self/fd/{store_fd}/{DATABASE}"
+    connection = sqlite3.connect(database, timeout=30.0, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA busy_timeout=30000")
+    connection.executescript(_SCHEMA)
+    connection.execute(
+        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+    )
+    return connection
