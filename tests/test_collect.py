@@ -8,16 +8,18 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import compile_c, crash_into_core
+from helpers import compile_c, crash_into_core, unlimited_core
 from watch_helpers import TIMEOUT, world_readable_copy
 
 REDHAND = [sys.executable, "-m", "redhand"]
@@ -43,8 +45,20 @@ def collect(
 ) -> str:
     """One run of the collector, as the kernel starts it: the crash's id."""
     data = core.read_bytes() if isinstance(core, Path) else core
-    args = [str(pid), str(pid), str(pid), "11", str(int(time.time())), core_limit, dump_mode,
-            "0", "0", "3" if pidfd is not None else "", "host", comm]  # fmt: skip
+    args = [
+        str(pid),
+        str(pid),
+        str(pid),
+        "11",
+        str(int(time.time())),
+        core_limit,
+        dump_mode,
+        "0",
+        "0",
+        "3" if pidfd is not None else "",
+        "host",
+        comm,
+    ]
     command = [*REDHAND, "collect", "--store", str(store)]
     if not analyze:
         command.append("--no-analyze")
@@ -104,8 +118,10 @@ def test_the_identity_comes_from_the_pidfd_and_a_reused_pid_is_not_believed(
     a_core: Path, tmp_path: Path
 ) -> None:
     store = tmp_path / "store"
-    with subprocess.Popen(["sleep", "60"]) as crashed, subprocess.Popen(["cat"],
-                          stdin=subprocess.PIPE) as other:  # fmt: skip
+    with (
+        subprocess.Popen(["sleep", "60"]) as crashed,
+        subprocess.Popen(["cat"], stdin=subprocess.PIPE) as other,
+    ):
         pidfd = os.pidfd_open(crashed.pid)
         try:
             collect(store, a_core, pid=crashed.pid, comm="sleep", pidfd=pidfd)
@@ -149,10 +165,29 @@ def test_a_store_that_is_not_safe_is_refused(a_core: Path, tmp_path: Path, attac
         else:
             store.chmod(0o755)
     result = subprocess.run(
-        [*REDHAND, "collect", "--store", str(store), "--no-analyze", "1", "1", "1", "11",
-         "0", "1000000", "1", "0", "0", "", "host", "bugs"],
-        input=a_core.read_bytes(), capture_output=True, timeout=TIMEOUT,
-    )  # fmt: skip
+        [
+            *REDHAND,
+            "collect",
+            "--store",
+            str(store),
+            "--no-analyze",
+            "1",
+            "1",
+            "1",
+            "11",
+            "0",
+            "1000000",
+            "1",
+            "0",
+            "0",
+            "",
+            "host",
+            "bugs",
+        ],
+        input=a_core.read_bytes(),
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
     assert result.returncode == 1
     assert b"redhand collect:" in result.stderr
     assert not list(elsewhere.iterdir())  # nothing written through the link
@@ -266,3 +301,121 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     assert Counter(row["status"] for row in rows(store)) == {"analyzed": 24}
     shown = crashes(store, "show", buckets[0]["bucket"][:10])
     assert shown.returncode == 0 and "signature:" in shown.stdout
+
+
+def wait_for_status(store: Path, status: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if rows(store) and all(row["status"] == status for row in rows(store)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not {status}: {rows(store)}")
+
+
+def test_the_collector_starts_the_analysis_detached(tmp_path: Path) -> None:
+    built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
+    with world_readable_copy(built) as exe:
+        core = crash_into_core([str(exe), "assert", "main"], tmp_path / "run").core
+        started = time.monotonic()
+        collect(store := tmp_path / "store", core, analyze=True)
+        collected = time.monotonic() - started
+        wait_for_status(store, "analyzed")
+    (row,) = rows(store)
+    assert "assert(value > 0) | check_value | process_assert" in str(row["signature"])
+    assert collected < TIMEOUT  # the collector did not wait for the analysis
+
+
+def test_an_analyzer_killed_halfway_leaves_the_record_and_is_tried_again(
+    a_core: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    collect(store, a_core)
+    analyzer = subprocess.Popen(
+        [*REDHAND, "crashes", "--store", str(store), "analyze"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while rows(store)[0]["attempts"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    analyzer.send_signal(signal.SIGKILL)
+    analyzer.wait()
+    (row,) = rows(store)
+    if row["status"] == "analyzed":
+        pytest.skip("the analysis finished before it could be killed")
+    assert row["status"] == "collected" and row["attempts"] == 1
+    assert crashes(store, "analyze").returncode == 0
+    assert rows(store)[0]["status"] == "analyzed"
+
+
+def test_a_full_disk_keeps_the_record(tmp_path: Path) -> None:
+    """A small tmpfs, in a mount namespace of the test's own: the core does not fit, the
+    record does."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    noise = tmp_path / "noise"
+    noise.write_bytes(os.urandom(2 << 20))  # does not compress: fills 512 KiB at once
+    script = (
+        f"mount -t tmpfs -o size=512k,mode=0700 none {mountpoint} && "
+        f"{' '.join(REDHAND)} collect --store {mountpoint}/store --no-analyze 1 1 1 11 0 "
+        f"18446744073709551615 1 0 0 '' host noisy < {noise} && "
+        f"{' '.join(REDHAND)} crashes --store {mountpoint}/store list --json"
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    (crash,) = json.loads(result.stdout.splitlines()[-1])["crashes"]
+    assert crash["core_kept"] == 0
+    assert "No space left" in crash["note"] or "free" in crash["note"], crash["note"]
+
+
+@pytest.mark.skipif(
+    os.environ.get("REDHAND_TEST_CORE_PATTERN") != "1",
+    reason="changes the machine's core_pattern: set REDHAND_TEST_CORE_PATTERN=1 to run it",
+)
+def test_install_and_uninstall_put_the_core_pattern_back(tmp_path: Path) -> None:
+    before = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    short = Path(tempfile.mkdtemp(prefix="rh"))  # the pattern has 127 characters at most
+    store = short / "s"
+    try:
+        done = subprocess.run(
+            [*REDHAND, "collect", "--install", "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert done.returncode == 0, done.stderr
+        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+        assert pattern.startswith("|") and "collect --store" in pattern and "%F" in pattern
+        # A real crash, through the kernel's pipe: kept, its identity from the pidfd, analyzed.
+        built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
+        with world_readable_copy(built) as exe:
+            crashed = subprocess.run(
+                [str(exe), "null", "main"],
+                preexec_fn=unlimited_core,
+                capture_output=True,
+                timeout=TIMEOUT,
+            )
+            assert crashed.returncode == -signal.SIGSEGV
+            wait_for_status(store, "analyzed")
+        (row,) = rows(store)
+        assert row["identity"] == "pidfd" and row["exe"] == str(exe)
+        assert "store_value | process_null" in str(row["signature"])
+    finally:
+        undone = subprocess.run(
+            [*REDHAND, "collect", "--uninstall", "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        if Path("/proc/sys/kernel/core_pattern").read_text().strip() != before:
+            Path("/proc/sys/kernel/core_pattern").write_text(before)
+    shutil.rmtree(short)
+    assert undone.returncode == 0, undone.stderr
+    assert Path("/proc/sys/kernel/core_pattern").read_text().strip() == before

@@ -1300,6 +1300,25 @@ def _collect(argv: Sequence[str]) -> int:
 
     words = list(argv)
     store = DEFAULT_STORE
+    if len(words) >= 3 and words[1] == "--store":
+        store = words[2]
+    if words[:1] in (["--install"], ["--uninstall"]):
+        from redhand.collect.helper import install, uninstall
+
+        if os.geteuid() != 0:
+            print(
+                "redhand collect: only root may change the kernel's core_pattern", file=sys.stderr
+            )
+            return 4
+        try:
+            if words[0] == "--install":
+                print(f"core_pattern is now: {install(store)}")
+            else:
+                print(f"core_pattern is back to: {uninstall(store)}")
+        except (OSError, ValueError) as error:
+            print(f"redhand collect: {error}", file=sys.stderr)
+            return 13
+        return 0
     analyze = True
     while words[:1] in (["--store"], ["--no-analyze"]):
         if words[0] == "--no-analyze":

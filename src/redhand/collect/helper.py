@@ -185,8 +185,14 @@ def _start_analysis(store: str, crash_id: str) -> None:
             os.setsid()
             if os.fork() == 0:
                 null = os.open(os.devnull, os.O_RDWR)
-                for fd in (0, 1, 2):
-                    os.dup2(null, fd)
+                log = os.open(
+                    os.path.join(store, "analysis.log"),
+                    os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW,
+                    0o600,
+                )
+                os.dup2(null, 0)
+                os.dup2(null, 1)
+                os.dup2(log, 2)
                 command = [sys.executable, "-m", "redhand", "crashes", "--store", store,
                            "analyze", crash_id]  # fmt: skip
                 os.execv(sys.executable, command)
@@ -207,7 +213,8 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
         store_fd = open_store(store, create=True)
     except StoreError as error:
         _drain_to_nothing()
-        print(f"redhand collect: {error.strerror or error}", file=sys.stderr)
+        if sys.stderr is not None:
+            print(f"redhand collect: {error.strerror or error}", file=sys.stderr)
         return 1
     try:
         identity, facts = _identity(args)
@@ -278,8 +285,67 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
         connection.close()
     finally:
         os.close(store_fd)
-    print(crash_id)
-    sys.stdout.flush()
+    # The kernel starts the collector with no standard output or error at all.
+    if sys.stdout is not None:
+        print(crash_id, flush=True)
     if analyze:
         _start_analysis(store, crash_id)
     return 0
+
+
+# -- installing -------------------------------------------------------------------------
+
+CORE_PATTERN = "/proc/sys/kernel/core_pattern"
+SPECIFIERS = "%P %i %I %s %t %c %d %u %g %F %h %e"
+
+
+def install(store: str = DEFAULT_STORE, command: str | None = None) -> str:
+    """Make redhand the kernel's core handler; the previous core_pattern is kept in the
+    store, for :func:`uninstall`.  The new pattern."""
+    import shutil
+
+    script = os.path.join(os.path.dirname(sys.executable), "redhand")  # beside this Python
+    program = command or (script if os.access(script, os.X_OK) else None)
+    program = program or shutil.which("redhand") or f"{sys.executable} -m redhand"
+    if " " in program:
+        raise ValueError(f"the kernel runs one program without spaces in its path: {program!r}")
+    os.umask(0o077)
+    store_fd = open_store(store, create=True)
+    try:
+        with open(CORE_PATTERN) as file:
+            previous = file.read().strip()
+        pattern = f"|{program} collect"
+        if store != DEFAULT_STORE:
+            pattern += f" --store {store}"
+        pattern += f" {SPECIFIERS}"
+        if len(pattern) > 127:
+            raise ValueError(f"the core_pattern would be {len(pattern)} characters, over 127")
+        if not previous.startswith(f"|{program} collect"):
+            connection = connect(store_fd)
+            connection.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('previous_core_pattern', ?)",
+                (previous,),
+            )
+            connection.close()
+        with open(CORE_PATTERN, "w") as file:
+            file.write(pattern)
+        return pattern
+    finally:
+        os.close(store_fd)
+
+
+def uninstall(store: str = DEFAULT_STORE) -> str:
+    """Put back the core_pattern that was there before :func:`install`; that pattern."""
+    store_fd = open_store(store, create=False)
+    try:
+        connection = connect(store_fd)
+        row = connection.execute(
+            "SELECT value FROM meta WHERE key = 'previous_core_pattern'"
+        ).fetchone()
+        connection.close()
+    finally:
+        os.close(store_fd)
+    previous = row[0] if row else "core"
+    with open(CORE_PATTERN, "w") as file:
+        file.write(previous)
+    return previous
