@@ -4,6 +4,7 @@
     redhand crashes list [FILTERS] [--json]               every crash, newest first
     redhand crashes show BUCKET|CRASH [--json]            a crash's report, or a bucket's crashes
     redhand crashes dump CRASH -o FILE                    the core, decompressed, sparse
+    redhand crashes debug CRASH                           gdb on the program and its core
     redhand crashes analyze [CRASH ...]                   analyze what is waiting (see analyze.py)
     redhand crashes rebucket                              signatures again, by the current rules
     redhand crashes du                                    the store's size
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "verb",
         nargs="?",
         default="buckets",
-        choices=["buckets", "list", "show", "dump", "analyze", "rebucket", "du", "prune"],
+        choices=["buckets", "list", "show", "dump", "debug", "analyze", "rebucket", "du", "prune"],
     )
     parser.add_argument("ids", nargs="*")
     return parser
@@ -112,6 +113,7 @@ def main(argv: list[str]) -> int:
             "list": _list,
             "show": _show,
             "dump": _dump,
+            "debug": _debug,
             "rebucket": _rebucket,
             "du": _du,
             "prune": _prune,
@@ -316,6 +318,32 @@ def _dump(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespac
         out.truncate()
     print(f"{args.output}: the core of crash {found[1]}")
     return 0
+
+
+def _debug(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespace) -> int:
+    """gdb on the crash's program and its core (decompressed into a private folder)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if not args.ids:
+        print("redhand crashes debug: a crash id is expected", file=sys.stderr)
+        return 2
+    found = _find(connection, args.ids[0])
+    if found is None or found[0] != "crash":
+        print(f"redhand crashes: no crash {args.ids[0]!r}", file=sys.stderr)
+        return _EXIT_NOT_FOUND
+    exe = connection.execute("SELECT exe FROM crashes WHERE id = ?", (found[1],)).fetchone()[0]
+    folder = tempfile.mkdtemp(prefix="redhand-debug-")
+    try:
+        args.output = os.path.join(folder, "core")
+        args.ids = [found[1]]
+        if _dump(connection, store_fd, args) != 0:
+            return _EXIT_NOT_FOUND
+        command = ["gdb", *([exe] if exe else []), "-c", args.output]
+        return subprocess.run(command).returncode
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _rebucket(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
