@@ -48,7 +48,9 @@ def kernel_core(folder: Path, argv: list[str]) -> Path:
     made = [p for p in set(folder.iterdir()) - before if p.name.startswith("core")]
     if not made:
         raise SystemExit("no kernel core was written here (core_pattern must be a plain file)")
-    return made[0]
+    kept = folder / f"kept-{Path(argv[0]).name}.core"  # the kernel writes no core over a file
+    made[0].rename(kept)
+    return kept
 
 
 def collect_once(store: Path, core: Path, name: str) -> float:
@@ -97,9 +99,11 @@ def at_once(store: Path, core: Path, count: int) -> tuple[float, int]:
 
 
 def fill(store: Path, records: int, buckets: int) -> None:
-    subprocess.run(
-        [*redhand_command(), "crashes", "--store", str(store), "du"], capture_output=True
-    )
+    from redhand.collect.store import connect, open_store
+
+    store_fd = open_store(str(store), create=True)
+    connect(store_fd).close()
+    os.close(store_fd)
     connection = sqlite3.connect(store / "crashes.db")
     now = time.time()
     rows = []

@@ -150,7 +150,9 @@ def _drain(store_fd: int, name: str, limit: int) -> tuple[int, int, bool]:
         )
         read = 0
         with os.fdopen(fd, "wb") as file:
-            writer = zstandard.ZstdCompressor(level=3).stream_writer(file, closefd=False)
+            # Level 3 on every CPU: the crashed process's exit waits for this.
+            compressor = zstandard.ZstdCompressor(level=3, threads=-1)
+            writer = compressor.stream_writer(file, closefd=False)
             stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
             while True:
                 chunk = stdin.read(_CHUNK)
