@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -427,3 +428,74 @@ def test_install_and_uninstall_put_the_core_pattern_back(tmp_path: Path) -> None
     shutil.rmtree(short)
     assert undone.returncode == 0, undone.stderr
     assert Path("/proc/sys/kernel/core_pattern").read_text().strip() == before
+
+
+@pytest.fixture(scope="module")
+def postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private PostgreSQL cluster (Debian's), on a unix socket in a temporary folder, run as
+    the postgres user; stopped and removed at the end.  Its URL."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not binaries:
+        pytest.skip("PostgreSQL is not installed (tests/run.sh installs Debian's postgresql)")
+    bin_dir = binaries[-1]
+    folder = Path(tempfile.mkdtemp(prefix="redhand-pg-"))
+    data, sockets = folder / "data", folder / "sockets"
+    sockets.mkdir()
+    shutil.chown(folder, "postgres")
+    shutil.chown(sockets, "postgres")
+    folder.chmod(0o755)
+
+    def as_postgres(*command: str) -> None:
+        result = subprocess.run(
+            ["runuser", "-u", "postgres", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    as_postgres(str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
+    options = f"-k {sockets} -c listen_addresses='' -c fsync=off"
+    as_postgres(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(data),
+        "-o",
+        options,
+        "-w",
+        "-l",
+        str(folder / "log"),
+        "start",
+    )
+    try:
+        yield f"postgresql:///postgres?host={sockets}&user=postgres"
+    finally:
+        as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_fleet_in_postgresql(tmp_path: Path, postgresql: str) -> None:
+    """Two machines' stores pushed to one PostgreSQL: the buckets across hosts, each crash
+    sent once however often it is pushed."""
+    built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
+    with world_readable_copy(built) as exe:
+        for host in ("web1", "web2"):
+            store = tmp_path / f"store-{host}"
+            for bug in ("null", "assert"):
+                crash = crash_into_core([str(exe), bug, "main"], tmp_path / host / bug)
+                collect(store, crash.core, comm=f"bugs-{host}-{bug}")
+            assert crashes(store, "analyze").returncode == 0
+            for _ in range(2):  # idempotent
+                pushed = crashes(store, "push", "--to", postgresql, "--host", host)
+                assert pushed.returncode == 0, pushed.stderr
+            assert "0 crash(es) sent" in pushed.stdout
+    listed = crashes(tmp_path / "store-web1", "--db", postgresql, "--json")
+    assert listed.returncode == 0, listed.stderr
+    buckets = json.loads(listed.stdout)["buckets"]
+    assert sorted((b["count"], b["hosts"]) for b in buckets) == [(2, 2), (2, 2)]
+    one_host = json.loads(
+        crashes(tmp_path / "web1", "--db", postgresql, "--host", "web2", "--json").stdout
+    )["buckets"]
+    assert sorted(b["count"] for b in one_host) == [1, 1]
+    text = crashes(tmp_path / "store-web1", "--db", postgresql).stdout
+    assert "HOSTS" in text and "store_value | process_null" in text

@@ -9,6 +9,8 @@
     redhand crashes rebucket                              signatures again, by the current rules
     redhand crashes du                                    the store's size
     redhand crashes prune [--cores-older-than 30d] [--records-older-than 180d]
+    redhand crashes push --to postgresql://...            send the analyzed crashes to a fleet
+    redhand crashes --db postgresql://... [FILTERS]       the fleet's buckets (--host to filter)
 
 FILTERS: ``--exe PATH-OR-NAME``, ``--pid N``, ``--kind KIND``, ``--since``
 and ``--until`` (``2026-12-01``, ``2026-12-01 14:00``, or ``3d``/``12h`` ago).
@@ -29,6 +31,7 @@ import time
 from redhand.collect.store import DEFAULT_STORE, StoreError, connect, open_store
 
 _EXIT_NOT_FOUND = 3
+_VERBS = ["buckets", "list", "show", "dump", "debug", "push", "analyze", "rebucket", "du", "prune"]
 
 
 def _when(text: str) -> float:
@@ -54,35 +57,55 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--since", type=_when, help="only crashes since then")
     parser.add_argument("--until", type=_when, help="only crashes until then")
     parser.add_argument("-o", "--output", help="dump: the file to write")
+    parser.add_argument("--to", help="push: the fleet's PostgreSQL (postgresql://...)")
+    parser.add_argument("--db", help="read the fleet's buckets from PostgreSQL instead")
+    parser.add_argument("--host", help="--db: only crashes of this host")
     parser.add_argument("--cores-older-than", type=_when, dest="cores_before")
     parser.add_argument("--records-older-than", type=_when, dest="records_before")
     parser.add_argument(
         "verb",
         nargs="?",
         default="buckets",
-        choices=["buckets", "list", "show", "dump", "debug", "analyze", "rebucket", "du", "prune"],
+        choices=[
+            "buckets",
+            "list",
+            "show",
+            "dump",
+            "debug",
+            "push",
+            "analyze",
+            "rebucket",
+            "du",
+            "prune",
+        ],
     )
     parser.add_argument("ids", nargs="*")
     return parser
 
 
-def _filters(args: argparse.Namespace) -> tuple[str, list[object]]:
-    where, values = ["1"], []
+def _filters(
+    args: argparse.Namespace, mark: str = "?", time: str = "time"
+) -> tuple[str, list[object]]:
+    """The WHERE clause of the filters (``mark`` and ``time`` as the database spells them)."""
+    where, values = ["1 = 1"], []
     if args.exe:
-        where.append("(exe = ? OR exe LIKE ?)")
+        where.append(f"(exe = {mark} OR exe LIKE {mark})")
         values += [args.exe, f"%/{args.exe}"]
     if args.pid is not None:
-        where.append("pid = ?")
+        where.append(f"pid = {mark}")
         values.append(args.pid)
     if args.kind:
-        where.append("kind = ?")
+        where.append(f"kind = {mark}")
         values.append(args.kind)
     if args.since is not None:
-        where.append("time >= ?")
+        where.append(f"{time} >= {mark}")
         values.append(args.since)
     if args.until is not None:
-        where.append("time <= ?")
+        where.append(f"{time} <= {mark}")
         values.append(args.until)
+    if getattr(args, "host", None) and mark != "?":
+        where.append(f"host = {mark}")
+        values.append(args.host)
     return " AND ".join(where), values
 
 
@@ -94,6 +117,8 @@ def _stamp(seconds: float | None) -> str:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.db:
+        return _fleet_buckets(args)
     if args.verb == "analyze":
         from redhand.collect.analyze import analyze
 
@@ -113,6 +138,7 @@ def main(argv: list[str]) -> int:
             "list": _list,
             "show": _show,
             "dump": _dump,
+            "push": _push,
             "debug": _debug,
             "rebucket": _rebucket,
             "du": _du,
@@ -168,6 +194,57 @@ def _buckets(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace)
         )
     if waiting:
         print(f"{waiting} crash(es) not analyzed yet (redhand crashes analyze)")
+    return 0
+
+
+def _fleet_buckets(args: argparse.Namespace) -> int:
+    from redhand.collect.fleet import buckets
+
+    where, values = _filters(args, "%s", "EXTRACT(EPOCH FROM time)")
+    try:
+        rows = buckets(args.db, where, values)
+    except Exception as error:  # the driver's errors: one line, not a traceback
+        print(f"redhand crashes: {args.db}: {error}".splitlines()[0], file=sys.stderr)
+        return 9
+    if args.json:
+        keys = ("bucket", "count", "hosts", "first_seen", "last_seen", "kind", "exe", "signature")
+        found = [
+            dict(
+                zip(
+                    keys,
+                    (float(v) if k.endswith("seen") else v for k, v in zip(keys, row, strict=True)),
+                    strict=True,
+                )
+            )
+            for row in rows
+        ]
+        print(json.dumps({"redhand": 1, "kind": "crash-buckets", "buckets": found}))
+        return 0
+    print(
+        f"{'BUCKET':<12} {'COUNT':>6} {'HOSTS':>5}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  "
+        "PROGRAM: SIGNATURE"
+    )
+    for bucket, count, hosts, first, last, _kind, exe, text in rows:
+        name = (exe or "?").rsplit("/", 1)[-1]
+        print(
+            f"{bucket[:12]:<12} {count:>6} {hosts:>5}  {_stamp(float(first))}  "
+            f"{_stamp(float(last))}  {name}: {text[:160]}"
+        )
+    return 0
+
+
+def _push(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
+    from redhand.collect.fleet import push
+
+    if not args.to:
+        print("redhand crashes push: --to postgresql://... is expected", file=sys.stderr)
+        return 2
+    try:
+        sent = push(connection, args.to, args.host)
+    except Exception as error:  # the driver's errors: one line, not a traceback
+        print(f"redhand crashes: {args.to}: {error}".splitlines()[0], file=sys.stderr)
+        return 9
+    print(f"{sent} crash(es) sent to the fleet")
     return 0
 
 

@@ -1,0 +1,120 @@
+"""A fleet's crashes in PostgreSQL: ``redhand crashes push`` and ``redhand crashes --db``.
+
+Never used by the root collector (a database driver is no thing to import at a
+crash, and a slow network no thing to wait for): ``push`` runs later, as any
+user that can read the store, over one connection, and sends the analyzed
+crashes not sent yet.  Idempotent: a crash's id is its primary key, and a
+crash sent twice is kept once (``ON CONFLICT DO NOTHING``).  Buckets are the
+same keys on every machine, so the fleet's buckets are a GROUP BY, with the
+number of hosts each was seen on.
+
+The schema is versioned: :data:`MIGRATIONS` are applied in order, each once,
+and recorded in ``redhand_schema``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 1: crashes and the schema's version
+    """
+    CREATE TABLE IF NOT EXISTS redhand_crashes (
+        id text PRIMARY KEY,
+        host text NOT NULL,
+        time timestamptz NOT NULL,
+        pid integer, signal integer, uid integer,
+        exe text, comm text, kind text,
+        bucket text, signature text, sig_version integer,
+        core_bytes bigint, core_kept boolean,
+        received timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE INDEX IF NOT EXISTS redhand_crashes_bucket ON redhand_crashes (bucket, time DESC);
+    CREATE INDEX IF NOT EXISTS redhand_crashes_time ON redhand_crashes (time DESC);
+    """,
+    # 2: the crash report itself, for `show` across the fleet
+    """
+    ALTER TABLE redhand_crashes ADD COLUMN IF NOT EXISTS report jsonb;
+    """,
+]
+
+
+def _connect(url: str) -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise RuntimeError(
+            "PostgreSQL needs psycopg 3: pip install 'redhand[fleet]' (or psycopg[binary])"
+        ) from None
+    return psycopg.connect(url, autocommit=False, connect_timeout=30)
+
+
+def migrate(connection: Any) -> int:
+    """Apply the migrations not applied yet; the schema's version."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE IF NOT EXISTS redhand_schema (version integer PRIMARY KEY, "
+            "applied timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor.execute("SELECT pg_advisory_xact_lock(7451020)")  # one migrating host at a time
+        cursor.execute("SELECT COALESCE(MAX(version), 0) FROM redhand_schema")
+        current = int(cursor.fetchone()[0])
+        for version, statement in enumerate(MIGRATIONS[current:], start=current + 1):
+            cursor.execute(statement)
+            cursor.execute("INSERT INTO redhand_schema (version) VALUES (%s)", (version,))
+    connection.commit()
+    return len(MIGRATIONS)
+
+
+def push(store_connection: sqlite3.Connection, url: str, host: str | None = None) -> int:
+    """Send this machine's analyzed crashes; how many the fleet did not have."""
+    import zstandard
+
+    host = host or socket.gethostname()
+    rows = store_connection.execute(
+        "SELECT id, time, pid, signal, uid, exe, comm, kind, bucket, signature, sig_version, "
+        "core_bytes, core IS NOT NULL, report FROM crashes WHERE status = 'analyzed'"
+    ).fetchall()
+    decompress = zstandard.ZstdDecompressor().decompress
+    connection = _connect(url)
+    try:
+        migrate(connection)
+        sent = 0
+        with connection.cursor() as cursor:
+            for row in rows:
+                *fields, report = row
+                document = json.loads(decompress(report)) if report else None
+                cursor.execute(
+                    "INSERT INTO redhand_crashes (id, host, time, pid, signal, uid, exe, comm, "
+                    "kind, bucket, signature, sig_version, core_bytes, core_kept, report) "
+                    "VALUES (%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s) ON CONFLICT (id) DO NOTHING",
+                    (fields[0], host, *fields[1:12], bool(fields[12]),
+                     json.dumps(document) if document is not None else None),
+                )  # fmt: skip
+                sent += cursor.rowcount
+        connection.commit()
+        return sent
+    finally:
+        connection.close()
+
+
+def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]:
+    """The fleet's buckets: (bucket, crashes, hosts, first, last, kind, exe, signature)."""
+    connection = _connect(url)
+    try:
+        migrate(connection)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT bucket, COUNT(*), COUNT(DISTINCT host), EXTRACT(EPOCH FROM MIN(time)), "
+                "EXTRACT(EPOCH FROM MAX(time)), MAX(kind), MAX(exe), MAX(signature) "
+                f"FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL GROUP BY bucket "
+                "ORDER BY COUNT(*) DESC, MAX(time) DESC",
+                values,
+            )
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
