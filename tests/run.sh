@@ -30,6 +30,9 @@ dpkg -s libeatmydata1 >/dev/null 2>&1 || apt_packages+=(libeatmydata1)
 dpkg -s libjemalloc2 >/dev/null 2>&1 || apt_packages+=(libjemalloc2)
 # A real PostgreSQL for the fleet's crash database (a private cluster per test run)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_packages+=(postgresql)
+# A real browser for the crash store's web page: Debian's chromium, driven headless
+need chromium chromium
+need chromedriver chromium-driver
 # lldb's Python half (without it Debian's lldb cannot run commands from -o)
 compgen -G "/usr/lib/llvm-*/lib/python3*/dist-packages/lldb/embedded_interpreter.py" >/dev/null \
     || apt_packages+=(python3-lldb-14)
@@ -68,7 +71,7 @@ venv=.venv
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,source,fleet]'
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,source,fleet,web,browser-tests]'
 
 echo "== ruff"
 "$venv/bin/ruff" check src tests bench

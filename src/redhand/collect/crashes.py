@@ -11,6 +11,7 @@
     redhand crashes prune [--cores-older-than 30d] [--records-older-than 180d]
     redhand crashes push --to postgresql://...            send the analyzed crashes to a fleet
     redhand crashes --db postgresql://... [FILTERS]       the fleet's buckets (--host to filter)
+    redhand crashes [--db URL] serve [--listen 127.0.0.1] [--port 8420]  a read-only web page
 
 FILTERS: ``--exe PATH-OR-NAME``, ``--pid N``, ``--kind KIND``, ``--since``
 and ``--until`` (``2026-12-01``, ``2026-12-01 14:00``, or ``3d``/``12h`` ago).
@@ -22,16 +23,37 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import errno
 import json
 import os
 import sqlite3
 import sys
 import time
 
-from redhand.collect.store import DEFAULT_STORE, StoreError, connect, open_store
+from redhand.collect.store import DEFAULT_STORE, StoreError, connect, open_store, stamp
 
 _EXIT_NOT_FOUND = 3
-_VERBS = ["buckets", "list", "show", "dump", "debug", "push", "analyze", "rebucket", "du", "prune"]
+_EXIT_DATABASE = 9
+
+
+def _store_exit(error: StoreError) -> int:
+    """The exit code of a store that cannot be opened: 4 not allowed, 11 otherwise."""
+    return 4 if error.errno in (errno.EACCES, errno.EPERM) else 11
+
+
+_VERBS = [
+    "buckets",
+    "list",
+    "show",
+    "dump",
+    "debug",
+    "push",
+    "serve",
+    "analyze",
+    "rebucket",
+    "du",
+    "prune",
+]
 
 
 def _when(text: str) -> float:
@@ -60,24 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", help="push: the fleet's PostgreSQL (postgresql://...)")
     parser.add_argument("--db", help="read the fleet's buckets from PostgreSQL instead")
     parser.add_argument("--host", help="--db: only crashes of this host")
+    parser.add_argument("--listen", default="127.0.0.1", help="serve: the address (localhost)")
+    parser.add_argument("--port", type=int, default=8420, help="serve: the port (0: any free)")
     parser.add_argument("--cores-older-than", type=_when, dest="cores_before")
     parser.add_argument("--records-older-than", type=_when, dest="records_before")
     parser.add_argument(
         "verb",
         nargs="?",
         default="buckets",
-        choices=[
-            "buckets",
-            "list",
-            "show",
-            "dump",
-            "debug",
-            "push",
-            "analyze",
-            "rebucket",
-            "du",
-            "prune",
-        ],
+        choices=_VERBS,
     )
     parser.add_argument("ids", nargs="*")
     return parser
@@ -109,14 +122,10 @@ def _filters(
     return " AND ".join(where), values
 
 
-def _stamp(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(seconds).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.verb == "serve":
+        return _serve(args)
     if args.db:
         return _fleet_buckets(args)
     if args.verb == "analyze":
@@ -130,7 +139,7 @@ def main(argv: list[str]) -> int:
         store_fd = open_store(args.store, create=False)
     except StoreError as error:
         print(f"redhand: {error.strerror or error}", file=sys.stderr)
-        return 11
+        return _store_exit(error)
     connection = connect(store_fd)
     try:
         verb = {
@@ -189,11 +198,41 @@ def _buckets(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace)
     for bucket, count, first, last, _kind, exe, text, cores in rows:
         name = (exe or "?").rsplit("/", 1)[-1]
         print(
-            f"{bucket[:12]:<12} {count:>6} {cores:>5}  {_stamp(first)}  {_stamp(last)}  "
+            f"{bucket[:12]:<12} {count:>6} {cores:>5}  {stamp(first)}  {stamp(last)}  "
             f"{name}: {text[:160]}"
         )
     if waiting:
         print(f"{waiting} crash(es) not analyzed yet (redhand crashes analyze)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from redhand.collect import web
+    except ImportError:
+        print("redhand crashes serve needs Flask: pip install 'redhand[web]'", file=sys.stderr)
+        return 2
+    try:
+        source: web.Source = web.FleetSource(args.db) if args.db else web.StoreSource(args.store)
+        if not args.db:
+            os.close(open_store(args.store, create=False))  # refused now, not at the first page
+    except StoreError as error:
+        print(f"redhand: {error.strerror or error}", file=sys.stderr)
+        return _store_exit(error)
+    except Exception as error:  # the driver's errors: one line, not a traceback
+        print(f"redhand crashes: {args.db}: {error}".splitlines()[0], file=sys.stderr)
+        return _EXIT_DATABASE
+    try:
+        web.serve(source, args.listen, args.port)
+    except OSError as error:
+        print(
+            f"redhand crashes serve: cannot listen on {args.listen}:{args.port}: "
+            f"{error.strerror or error} (another --port?)",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
@@ -205,7 +244,7 @@ def _fleet_buckets(args: argparse.Namespace) -> int:
         rows = buckets(args.db, where, values)
     except Exception as error:  # the driver's errors: one line, not a traceback
         print(f"redhand crashes: {args.db}: {error}".splitlines()[0], file=sys.stderr)
-        return 9
+        return _EXIT_DATABASE
     if args.json:
         keys = ("bucket", "count", "hosts", "first_seen", "last_seen", "kind", "exe", "signature")
         found = [
@@ -227,8 +266,8 @@ def _fleet_buckets(args: argparse.Namespace) -> int:
     for bucket, count, hosts, first, last, _kind, exe, text in rows:
         name = (exe or "?").rsplit("/", 1)[-1]
         print(
-            f"{bucket[:12]:<12} {count:>6} {hosts:>5}  {_stamp(float(first))}  "
-            f"{_stamp(float(last))}  {name}: {text[:160]}"
+            f"{bucket[:12]:<12} {count:>6} {hosts:>5}  {stamp(float(first))}  "
+            f"{stamp(float(last))}  {name}: {text[:160]}"
         )
     return 0
 
@@ -243,7 +282,7 @@ def _push(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
         sent = push(connection, args.to, args.host)
     except Exception as error:  # the driver's errors: one line, not a traceback
         print(f"redhand crashes: {args.to}: {error}".splitlines()[0], file=sys.stderr)
-        return 9
+        return _EXIT_DATABASE
     print(f"{sent} crash(es) sent to the fleet")
     return 0
 
@@ -275,7 +314,7 @@ def _list(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
     for crash_id, when, pid, sig, exe, comm, kind, bucket, kept, status, note in rows:
         name = (exe or comm or "?").rsplit("/", 1)[-1]
         print(
-            f"{crash_id[:12]}  {_stamp(when)}  pid {pid}  signal {sig}  {name}  "
+            f"{crash_id[:12]}  {stamp(when)}  pid {pid}  signal {sig}  {name}  "
             f"{kind or status}  bucket {(bucket or '-')[:12]}  core {'kept' if kept else 'no'}"
             + (f"  ({note})" if note else "")
         )
@@ -313,7 +352,7 @@ def _show(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
         if not args.json:
             print(
                 f"bucket {key}\nsignature: {signature_row[0]}\n{signature_row[1]} crashes, "
-                f"{_stamp(signature_row[2])} to {_stamp(signature_row[3])}\n"
+                f"{stamp(signature_row[2])} to {stamp(signature_row[3])}\n"
             )
         args.kind = None
         return _list_bucket(connection, key, args)
@@ -337,7 +376,7 @@ def _show(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
             )
         )
         return 0
-    print(f"crash {key} of {row[5] or '?'} at {_stamp(row[6])}")
+    print(f"crash {key} of {row[5] or '?'} at {stamp(row[6])}")
     print(f"signature: {row[1] or '(not analyzed yet)'}\nbucket: {row[2] or '-'}")
     if row[3]:
         print(f"note: {row[3]}")
@@ -364,7 +403,7 @@ def _list_bucket(connection: sqlite3.Connection, key: str, args: argparse.Namesp
         print(json.dumps({"redhand": 1, "kind": "crash-bucket", "bucket": key, "crashes": crashes}))
         return 0
     for crash_id, when, pid, kept in rows:
-        print(f"{crash_id}  {_stamp(when)}  pid {pid}  core {'kept' if kept else 'no'}")
+        print(f"{crash_id}  {stamp(when)}  pid {pid}  core {'kept' if kept else 'no'}")
     return 0
 
 

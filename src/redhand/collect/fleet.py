@@ -42,7 +42,7 @@ MIGRATIONS: list[str] = [
 ]
 
 
-def _connect(url: str) -> Any:
+def connect(url: str) -> Any:
     try:
         import psycopg
     except ImportError:
@@ -79,7 +79,7 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
         "core_bytes, core IS NOT NULL, report FROM crashes WHERE status = 'analyzed'"
     ).fetchall()
     decompress = zstandard.ZstdDecompressor().decompress
-    connection = _connect(url)
+    connection = connect(url)
     try:
         migrate(connection)
         sent = 0
@@ -104,7 +104,7 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
 
 def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]:
     """The fleet's buckets: (bucket, crashes, hosts, first, last, kind, exe, signature)."""
-    connection = _connect(url)
+    connection = connect(url)
     try:
         migrate(connection)
         with connection.cursor() as cursor:

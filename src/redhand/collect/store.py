@@ -15,9 +15,11 @@ refused, never followed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import stat
+import time
 
 DEFAULT_STORE = "/var/lib/redhand"
 DATABASE = "crashes.db"
@@ -72,6 +74,10 @@ def open_store(path: str, *, create: bool) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
         message = f"the crash store {path} cannot be opened: {error.strerror}"
+        if error.errno == errno.EACCES:
+            message += " (the store is root's alone: run this as root)"
+        elif error.errno == errno.ENOENT and not create:
+            message += " (no crash was collected yet: see redhand collect --install, or --store)"
         raise StoreError(error.errno, message) from None
     try:
         _check(fd, path)
@@ -115,3 +121,10 @@ def connect(store_fd: int) -> sqlite3.Connection:
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
     )
     return connection
+
+
+def stamp(seconds: float | None) -> str:
+    """A crash's time as people read it (local time), or ``-``."""
+    if seconds is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(seconds)))
