@@ -9,22 +9,29 @@
 3. The collector's start: import time (``python -X importtime``) and peak memory.
 4. ``redhand crashes`` (the bucket table) and ``redhand crashes list --since 1d`` over 100,000
    crash records in 5,000 buckets.
+5. The same 100,000 records of 20 hosts in PostgreSQL (a private cluster of Debian's
+   postgresql, on a unix socket): ``redhand crashes --db`` and ``--db --host``; and the web
+   page's bucket table (``serve``, one request) from the store and from PostgreSQL.
 
 No core_pattern is changed: the collector is run as the kernel runs it.  Medians of runs.
 
-Usage: python bench/collect.py [--runs 5] [--big-mib 1024]
+Usage: python bench/collect.py [--runs 5] [--big-mib 1024] [--parts 1,2,3,4,5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
+import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from stack import redhand_command
@@ -98,6 +105,23 @@ def at_once(store: Path, core: Path, count: int) -> tuple[float, int]:
     return wall, stored.fetchone()[0] - failed
 
 
+def fleet_rows(
+    records: int, buckets: int
+) -> Iterator[tuple[str, float, int, int, str, str, str, str]]:
+    now = time.time()
+    for n in range(records):
+        yield (
+            os.urandom(16).hex(),
+            now - n * 30,
+            n,
+            11,
+            f"/usr/bin/prog{n % 97}",
+            "null-dereference",
+            f"{n % buckets:064x}",
+            f"null-dereference | f{n % buckets} | g",
+        )
+
+
 def fill(store: Path, records: int, buckets: int) -> None:
     from redhand.collect.store import connect, open_store
 
@@ -106,30 +130,84 @@ def fill(store: Path, records: int, buckets: int) -> None:
     os.close(store_fd)
     connection = sqlite3.connect(store / "crashes.db")
     now = time.time()
-    rows = []
-    for n in range(records):
-        bucket = f"{n % buckets:064x}"
-        rows.append(
-            (
-                os.urandom(16).hex(),
-                now - n * 30,
-                now,
-                n,
-                11,
-                f"/usr/bin/prog{n % 97}",
-                "null-dereference",
-                bucket,
-                f"null-dereference | f{n % buckets} | g",
-                "analyzed",
-            )
-        )
     connection.executemany(
         "INSERT INTO crashes (id, time, collected, pid, signal, exe, kind, bucket, signature, "
         "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
+        ((crash_id, when, now, *rest, "analyzed")
+         for crash_id, when, *rest in fleet_rows(records, buckets)),
+    )  # fmt: skip
     connection.commit()
     connection.close()
+
+
+@contextlib.contextmanager
+def private_postgresql(folder: Path) -> Iterator[str | None]:
+    """A PostgreSQL cluster of its own, run as the postgres user on a unix socket; its URL."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    if not binaries:
+        yield None
+        return
+    data, sockets = folder / "pg-data", folder / "pg-sockets"
+    sockets.mkdir()
+    for path in (folder, sockets):
+        shutil.chown(path, "postgres")
+    folder.chmod(0o755)
+    folder.parent.chmod(0o711)  # a temporary folder is root's alone: let postgres through
+
+    def as_postgres(*command: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", *command], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+
+    as_postgres(str(binaries[-1] / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
+    pg_ctl = str(binaries[-1] / "pg_ctl")
+    options = f"-k {sockets} -c listen_addresses=''"
+    as_postgres(pg_ctl, "-D", str(data), "-o", options, "-w", "-l", str(folder / "pg.log"), "start")
+    try:
+        yield f"postgresql:///postgres?host={sockets}&user=postgres"
+    finally:
+        as_postgres(pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop")
+
+
+def fill_fleet(url: str, records: int, buckets: int, hosts: int) -> None:
+    from redhand.collect.fleet import connect, migrate
+
+    connection = connect(url)
+    migrate(connection)
+    with connection.cursor() as cursor:
+        columns = "id, host, time, pid, signal, exe, kind, bucket, signature, sig_version"
+        with cursor.copy(f"COPY redhand_crashes ({columns}) FROM STDIN") as copy:
+            for n, (crash_id, when, pid, sig, exe, kind, bucket, text) in enumerate(
+                fleet_rows(records, buckets)
+            ):
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(when))
+                copy.write_row((crash_id, f"host{n % hosts}", stamp, pid, sig, exe, kind, bucket,
+                                text, 1))  # fmt: skip
+        cursor.execute("ANALYZE redhand_crashes")
+    connection.commit()
+    connection.close()
+
+
+def page_time(args: list[str], runs: int) -> float:
+    """The median time of one request for the web page's bucket table (after a first one)."""
+    server = subprocess.Popen(
+        [*redhand_command(), "crashes", *args, "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the access log
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        url = "http" + server.stdout.readline().split(" on http", 1)[1].strip()
+        urllib.request.urlopen(url, timeout=120).read()
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            urllib.request.urlopen(url, timeout=120).read()
+            times.append(time.perf_counter() - started)
+        return median(times)
+    finally:
+        server.terminate()
+        server.wait()
 
 
 def timed(command: list[str]) -> float:
@@ -138,11 +216,90 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def first_byte_to_stored(folder: Path, small: Path, runs: int, big_mib: int) -> None:
+    python = kernel_core(folder, [sys.executable, "-c", "import os, json, decimal; os.abort()"])
+    big = folder / "big.core"
+    piece = python.read_bytes()
+    with open(big, "wb") as out:
+        while out.tell() < big_mib << 20:
+            out.write(piece)
+    print(f"1. first byte to stored (medians of {runs})")
+    for label, core in (
+        (f"small core ({small.stat().st_size >> 10} KiB)", small),
+        (f"{big.stat().st_size >> 20} MiB of core", big),
+    ):
+        store = folder / "store1"
+        times = [collect_once(store, core, f"p{n}") for n in range(runs)]
+        print(
+            f"  {label:<28} {median(times) * 1000:8.0f} ms  "
+            f"({core.stat().st_size / median(times) / (1 << 20):,.0f} MiB/s)"
+        )
+        subprocess.run(["rm", "-rf", str(store)], check=True)
+    big.unlink()
+
+
+def collectors_at_once(folder: Path, small: Path) -> None:
+    print("2. collectors at once")
+    for count in (50, 200):
+        store = folder / f"store{count}"
+        wall, stored = at_once(store, small, count)
+        print(f"  {count} at once: {wall:.2f} s, {stored} of {count} stored")
+
+
+def collector_start(folder: Path, small: Path) -> None:
+    print("3. the collector's start")
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import redhand.collect.helper, zstandard"],
+        capture_output=True,
+        text=True,
+    )
+    total = sum(
+        int(line.split("|")[1])
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:") and line.split("|")[1].strip().isdigit()
+    )
+    print(f"  imports: {total / 1000:.1f} ms (the sum of python -X importtime)")
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    collect_once(folder / "store-rss", small, "rss")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(f"  peak memory of a collector: {max(peak, usage_before) / 1024:.1f} MiB")
+
+
+def listing(folder: Path, runs: int, postgresql: bool) -> None:
+    store = folder / "store-list"
+    fill(store, 100_000, 5_000)
+    commands = [
+        ("crashes (buckets)", ["--store", str(store)]),
+        ("crashes list --since 1d", ["--store", str(store), "list", "--since", "1d"]),
+    ]
+    pages = [("store", ["--store", str(store)])]
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(private_postgresql(folder / "pg")) if postgresql else None
+        if postgresql and url is None:
+            print("  (PostgreSQL is not installed: apt-get install postgresql)")
+        if url is not None:
+            fill_fleet(url, 100_000, 5_000, 20)
+            commands += [
+                ("crashes --db (buckets)", ["--db", url]),
+                ("crashes --db --host host7", ["--db", url, "--host", "host7"]),
+            ]
+            pages.append(("PostgreSQL", ["--db", url]))
+        print(f"4. redhand crashes over 100,000 records in 5,000 buckets (medians of {runs})")
+        for label, command in commands:
+            times = [timed([*redhand_command(), "crashes", *command]) for _ in range(runs)]
+            print(f"  redhand {label:<26} {median(times) * 1000:8.0f} ms")
+        for label, command in pages:
+            print(f"  web page, the bucket table from the {label}: "
+                  f"{page_time(command, runs) * 1000:.0f} ms a request")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--big-mib", type=int, default=1024)
+    parser.add_argument("--parts", default="1,2,3,4,5", help="which parts to run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         source = folder / "small.c"
@@ -150,58 +307,15 @@ def main() -> None:
         exe = folder / "small"
         subprocess.run(["gcc", "-O1", "-o", str(exe), str(source)], check=True)
         small = kernel_core(folder, [str(exe)])
-        python = kernel_core(folder, [sys.executable, "-c", "import os, json, decimal; os.abort()"])
-        big = folder / "big.core"
-        piece = python.read_bytes()
-        with open(big, "wb") as out:
-            while out.tell() < args.big_mib << 20:
-                out.write(piece)
-        print(f"1. first byte to stored (medians of {args.runs})")
-        for label, core in (
-            (f"small core ({small.stat().st_size >> 10} KiB)", small),
-            (f"{big.stat().st_size >> 20} MiB of core", big),
-        ):
-            store = folder / "store1"
-            times = [collect_once(store, core, f"p{n}") for n in range(args.runs)]
-            print(
-                f"  {label:<28} {median(times) * 1000:8.0f} ms  "
-                f"({core.stat().st_size / median(times) / (1 << 20):,.0f} MiB/s)"
-            )
-            subprocess.run(["rm", "-rf", str(store)], check=True)
-        big.unlink()
-        print("2. collectors at once")
-        for count in (50, 200):
-            store = folder / f"store{count}"
-            wall, stored = at_once(store, small, count)
-            print(f"  {count} at once: {wall:.2f} s, {stored} of {count} stored")
-        print("3. the collector's start")
-        out = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import redhand.collect.helper, zstandard"],
-            capture_output=True,
-            text=True,
-        )
-        total = sum(
-            int(line.split("|")[1])
-            for line in out.stderr.splitlines()
-            if line.startswith("import time:") and line.split("|")[1].strip().isdigit()
-        )
-        print(f"  imports: {total / 1000:.1f} ms (the sum of python -X importtime)")
-        usage_before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        collect_once(folder / "store-rss", small, "rss")
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        print(f"  peak memory of a collector: {max(peak, usage_before) / 1024:.1f} MiB")
-        print("4. redhand crashes over 100,000 records in 5,000 buckets")
-        store = folder / "store-list"
-        fill(store, 100_000, 5_000)
-        for label, command in (
-            ("crashes (buckets)", ["crashes", "--store", str(store)]),
-            (
-                "crashes list --since 1d",
-                ["crashes", "--store", str(store), "list", "--since", "1d"],
-            ),
-        ):
-            times = [timed([*redhand_command(), *command]) for _ in range(args.runs)]
-            print(f"  redhand {label:<26} {median(times) * 1000:8.0f} ms")
+        if "1" in parts:
+            first_byte_to_stored(folder, small, args.runs, args.big_mib)
+        if "2" in parts:
+            collectors_at_once(folder, small)
+        if "3" in parts:
+            collector_start(folder, small)
+        if "4" in parts or "5" in parts:
+            (folder / "pg").mkdir()
+            listing(folder, args.runs, "5" in parts)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -365,6 +366,23 @@ def test_the_collector_starts_the_analysis_detached(tmp_path: Path) -> None:
     assert collected < TIMEOUT  # the collector did not wait for the analysis
 
 
+def test_a_crash_whose_core_is_not_kept_still_gets_its_report(tmp_path: Path) -> None:
+    """RLIMIT_CORE 0: no core is written, but the report is made from the core held in
+    memory by the collector, handed to the analysis, and then dropped."""
+    built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
+    with world_readable_copy(built) as exe:
+        core = crash_into_core([str(exe), "assert", "main"], tmp_path / "run").core
+        collect(store := tmp_path / "store", core, core_limit="0", analyze=True)
+        wait_for_status(store, "analyzed")
+    (row,) = rows(store)
+    assert row["core"] is None and row["core_stored"] == 0
+    assert "RLIMIT_CORE" in str(row["note"]) and "held in memory" in str(row["note"])
+    assert "check_value | process_assert" in str(row["signature"])
+    assert not list((store / "spool").iterdir())
+    shown = crashes(store, "show", str(row["id"]), "--json")
+    assert json.loads(shown.stdout)["report"]["crash"]["signal"] == signal.SIGABRT
+
+
 def test_an_analyzer_killed_halfway_leaves_the_record_and_is_tried_again(
     a_core: Path, tmp_path: Path
 ) -> None:
@@ -444,9 +462,25 @@ def test_install_and_uninstall_put_the_core_pattern_back(tmp_path: Path) -> None
             )
             assert crashed.returncode == -signal.SIGSEGV
             wait_for_status(store, "analyzed")
-        (row,) = rows(store)
-        assert row["identity"] == "pidfd" and row["exe"] == str(exe)
-        assert "store_value | process_null" in str(row["signature"])
+            (row,) = rows(store)
+            assert row["identity"] == "pidfd" and row["exe"] == str(exe)
+            assert "store_value | process_null" in str(row["signature"])
+            assert row["core"] is not None
+            # RLIMIT_CORE 0 (Debian's default for a login shell): no core, but a report.
+            crashed = subprocess.run(
+                [str(exe), "assert", "main"],
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, -1)),
+                capture_output=True,
+                timeout=TIMEOUT,
+            )
+            assert crashed.returncode == -signal.SIGABRT
+            deadline = time.monotonic() + TIMEOUT
+            while len(rows(store)) < 2 or rows(store)[1]["status"] == "collected":
+                assert time.monotonic() < deadline, rows(store)
+                time.sleep(0.1)
+        no_core = rows(store)[1]
+        assert no_core["core_limit"] == 0 and no_core["core"] is None
+        assert "process_assert" in str(no_core["signature"]), no_core["note"]
     finally:
         undone = subprocess.run(
             [*REDHAND, "collect", "--uninstall", "--store", str(store)],

@@ -64,14 +64,17 @@ def _sandbox() -> None:
         os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
 
 
-def _memory_copy(store_fd: int, core: str) -> int:
-    """The core, decompressed, in a memory file the analyzer can open."""
+def _memory_copy(compressed: int) -> int:
+    """The core (zstd, read from the descriptor ``compressed``), decompressed, in a memory
+    file the analyzer can open."""
     import zstandard
 
     memfd = os.memfd_create("redhand-core", os.MFD_CLOEXEC)
-    source = os.open(core, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=store_fd)
     try:
-        with os.fdopen(source, "rb") as file, os.fdopen(memfd, "wb", closefd=False) as out:
+        with (
+            os.fdopen(compressed, "rb", closefd=False) as file,
+            os.fdopen(memfd, "wb", closefd=False) as out,
+        ):
             zstandard.ZstdDecompressor().copy_stream(file, out)
     except BaseException:
         os.close(memfd)
@@ -79,9 +82,10 @@ def _memory_copy(store_fd: int, core: str) -> int:
     return memfd
 
 
-def report_of(store_fd: int, core: str) -> dict[str, object]:
-    """The crash report of a stored core, made by a sandboxed ``redhand core --json``."""
-    memfd = _memory_copy(store_fd, core)
+def report_of(compressed: int) -> dict[str, object]:
+    """The crash report of a core (zstd, read from the descriptor ``compressed``), made by a
+    sandboxed ``redhand core --json``."""
+    memfd = _memory_copy(compressed)
     try:
         result = subprocess.run(
             [sys.executable, "-m", "redhand", "core", "--json", "--no-source",
@@ -103,8 +107,27 @@ def report_of(store_fd: int, core: str) -> dict[str, object]:
     return document
 
 
-def analyze(store: str, crash_ids: list[str] | None = None) -> list[Analysis]:
-    """Analyze the crashes still waiting (or those named)."""
+def _report(store_fd: int, core: str | None, core_fd: int | None) -> dict[str, object]:
+    """The report of a stored core, or of the one held in memory (``core_fd``)."""
+    if core is not None:
+        source = os.open(core, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=store_fd)
+        try:
+            return report_of(source)
+        finally:
+            os.close(source)
+    if core_fd is not None:
+        os.lseek(core_fd, 0, os.SEEK_SET)
+        return report_of(core_fd)
+    raise RuntimeError("no core was kept")
+
+
+def analyze(
+    store: str, crash_ids: list[str] | None = None, core_fd: int | None = None
+) -> list[Analysis]:
+    """Analyze the crashes still waiting (or those named).  ``core_fd``: the core of the one
+    crash named, held in memory by the collector because it was not kept."""
+    if core_fd is not None and (not crash_ids or len(crash_ids) != 1):
+        raise ValueError("a core in memory is the core of one crash, named")
     import zstandard
 
     store_fd = open_store(store, create=False)
@@ -113,24 +136,24 @@ def analyze(store: str, crash_ids: list[str] | None = None) -> list[Analysis]:
         if crash_ids:
             marks = ", ".join("?" for _ in crash_ids)
             rows = connection.execute(
-                f"SELECT id, core, exe FROM crashes WHERE id IN ({marks})", crash_ids
+                f"SELECT id, core, exe, attempts FROM crashes WHERE id IN ({marks})", crash_ids
             ).fetchall()
         else:
             rows = connection.execute(
-                "SELECT id, core, exe FROM crashes WHERE status = 'collected' AND attempts < ? "
+                "SELECT id, core, exe, attempts FROM crashes WHERE status = 'collected' "
+                "AND attempts < ? "
                 "ORDER BY time",
                 (ATTEMPTS,),
             ).fetchall()
         results = []
-        for crash_id, core, exe in rows:
+        for crash_id, core, exe, attempts in rows:
+            hopeless = core is None and core_fd is None  # no core: never worth another try
             connection.execute(
-                "UPDATE crashes SET attempts = attempts + 1 WHERE id = ?", (crash_id,)
+                "UPDATE crashes SET attempts = ? WHERE id = ?",
+                (ATTEMPTS if hopeless else attempts + 1, crash_id),
             )
-            if core is None:
-                results.append(_record_failure(connection, crash_id, "no core was kept"))
-                continue
             try:
-                report = report_of(store_fd, core)
+                report = _report(store_fd, core, core_fd)
             except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
                 results.append(_record_failure(connection, crash_id, str(error)))
                 continue

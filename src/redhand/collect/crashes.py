@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="--db: only crashes of this host")
     parser.add_argument("--listen", default="127.0.0.1", help="serve: the address (localhost)")
     parser.add_argument("--port", type=int, default=8420, help="serve: the port (0: any free)")
+    parser.add_argument("--core-fd", type=int, help=argparse.SUPPRESS)  # from the collector
     parser.add_argument("--cores-older-than", type=_when, dest="cores_before")
     parser.add_argument("--records-older-than", type=_when, dest="records_before")
     parser.add_argument(
@@ -131,7 +132,15 @@ def main(argv: list[str]) -> int:
     if args.verb == "analyze":
         from redhand.collect.analyze import analyze
 
-        for result in analyze(args.store, args.ids or None):
+        try:
+            results = analyze(args.store, args.ids or None, args.core_fd)
+        except StoreError as error:
+            print(f"redhand: {error.strerror or error}", file=sys.stderr)
+            return _store_exit(error)
+        except ValueError as error:
+            print(f"redhand crashes analyze: {error}", file=sys.stderr)
+            return 2
+        for result in results:
             status = result.signature if result.ok else f"failed: {result.problem}"
             print(f"{result.crash}: {status}")
         return 0
@@ -246,24 +255,16 @@ def _fleet_buckets(args: argparse.Namespace) -> int:
         print(f"redhand crashes: {args.db}: {error}".splitlines()[0], file=sys.stderr)
         return _EXIT_DATABASE
     if args.json:
-        keys = ("bucket", "count", "hosts", "first_seen", "last_seen", "kind", "exe", "signature")
-        found = [
-            dict(
-                zip(
-                    keys,
-                    (float(v) if k.endswith("seen") else v for k, v in zip(keys, row, strict=True)),
-                    strict=True,
-                )
-            )
-            for row in rows
-        ]
+        keys = ("bucket", "count", "cores", "hosts", "first_seen", "last_seen", "kind", "exe",
+                "signature")  # fmt: skip
+        found = [dict(zip(keys, row, strict=True)) for row in rows]
         print(json.dumps({"redhand": 1, "kind": "crash-buckets", "buckets": found}))
         return 0
     print(
         f"{'BUCKET':<12} {'COUNT':>6} {'HOSTS':>5}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  "
         "PROGRAM: SIGNATURE"
     )
-    for bucket, count, hosts, first, last, _kind, exe, text in rows:
+    for bucket, count, _cores, hosts, first, last, _kind, exe, text in rows:
         name = (exe or "?").rsplit("/", 1)[-1]
         print(
             f"{bucket[:12]:<12} {count:>6} {hosts:>5}  {stamp(float(first))}  "

@@ -103,17 +103,29 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
 
 
 def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]:
-    """The fleet's buckets: (bucket, crashes, hosts, first, last, kind, exe, signature)."""
+    """The fleet's buckets, the most crashes first: (bucket, crashes, cores kept, hosts,
+    first seen, last seen, kind, exe, signature)."""
     connection = connect(url)
     try:
         migrate(connection)
         with connection.cursor() as cursor:
+            # Counted per (bucket, host) first, then per bucket: half the time of one
+            # GROUP BY with COUNT(DISTINCT host); the words of a bucket are its latest crash's.
             cursor.execute(
-                "SELECT bucket, COUNT(*), COUNT(DISTINCT host), EXTRACT(EPOCH FROM MIN(time)), "
-                "EXTRACT(EPOCH FROM MAX(time)), MAX(kind), MAX(exe), MAX(signature) "
-                f"FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL GROUP BY bucket "
-                "ORDER BY COUNT(*) DESC, MAX(time) DESC",
-                values,
+                "WITH per_host AS (SELECT bucket, host, COUNT(*) AS n, "
+                "COUNT(*) FILTER (WHERE core_kept) AS cores, MIN(time) AS first, "
+                f"MAX(time) AS last FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL "
+                "GROUP BY bucket, host), per_bucket AS (SELECT bucket, SUM(n)::bigint AS n, "
+                "SUM(cores)::bigint AS cores, "
+                "COUNT(*) AS hosts, MIN(first) AS first, MAX(last) AS last FROM per_host "
+                "GROUP BY bucket) "
+                "SELECT b.bucket, n, cores, hosts, EXTRACT(EPOCH FROM first)::float8, "
+                "EXTRACT(EPOCH FROM last)::float8, "
+                "latest.kind, latest.exe, latest.signature FROM per_bucket b CROSS JOIN LATERAL "
+                "(SELECT kind, exe, signature FROM redhand_crashes c "
+                f"WHERE c.bucket = b.bucket AND {where} ORDER BY time DESC LIMIT 1) latest "
+                "ORDER BY n DESC, last DESC",
+                [*values, *values],
             )
             return list(cursor.fetchall())
     finally:

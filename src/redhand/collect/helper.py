@@ -16,7 +16,8 @@ only, and does as little as it can while the crashed process waits:
 3. **Limits before writing**: ``%c`` (RLIMIT_CORE) 0 keeps no core, a smaller
    one cuts it; a store over its size limit or a file system short of free
    space keeps no core; more than 10 crashes of one program in a minute keep
-   no core.  The record is kept in every case, with the reason.
+   no core.  The record is kept in every case, with the reason; and but for a crash
+   loop, the core is held in memory (zstd) and handed to the analysis for its report.
 4. **The core** is drained from stdin (all of it: the kernel waits for that)
    into ``spool/ID.core.zst``, created with O_EXCL|O_NOFOLLOW relative to the
    checked store, compressed with zstd (level 3) and fsynced.
@@ -31,6 +32,7 @@ import contextlib
 import os
 import sys
 import time
+from typing import BinaryIO
 
 from redhand.collect.store import DEFAULT_STORE, SPOOL, StoreError, connect, open_store
 
@@ -40,6 +42,8 @@ MAX_CORE = 8 << 30  # bytes of core kept at most, whatever %c says
 KEEP_FREE = 0.15  # of the file system
 MAX_USE = 0.10  # of the file system, for the whole store
 RATE = 10  # crashes of one program per minute that keep their core
+_RATE_NOTE = "a crash loop"
+TRANSIENT_MAX = 256 << 20  # compressed bytes of a core held in memory for its report alone
 _SYS_PIDFD_OPEN = 434
 _ARGUMENTS = ("pid", "tid", "ns_tid", "signal", "time", "core_limit", "dump_mode", "uid", "gid",
               "pidfd", "hostname", "comm")  # fmt: skip
@@ -135,11 +139,29 @@ def _room(store_fd: int, connection: object) -> str | None:
     return None
 
 
-def _drain(store_fd: int, name: str, limit: int) -> tuple[int, int, bool]:
-    """The core from stdin into spool/NAME (zstd), at most ``limit`` bytes of it; the rest
-    is read and dropped.  (bytes read, bytes written, cut)."""
+def _compress(file: BinaryIO, limit: int, cap: int | None = None) -> tuple[int, bool]:
+    """The core from stdin into ``file`` (zstd), at most ``limit`` bytes of it and ``cap``
+    bytes compressed; the rest is read and dropped.  (bytes read, cut)."""
     import zstandard
 
+    # Level 3 on every CPU: the crashed process's exit waits for this.
+    compressor = zstandard.ZstdCompressor(level=3, threads=-1)
+    writer = compressor.stream_writer(file, closefd=False)
+    stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
+    read = 0
+    cut = False
+    while chunk := stdin.read(_CHUNK):
+        if read < limit and not cut:
+            writer.write(chunk[: limit - read])
+            cut = cap is not None and file.tell() >= cap
+        read += len(chunk)
+    writer.flush(zstandard.FLUSH_FRAME)
+    file.flush()
+    return read, cut or read > limit
+
+
+def _drain(store_fd: int, name: str, limit: int) -> tuple[int, int, bool]:
+    """The core from stdin into spool/NAME, fsynced.  (bytes read, bytes written, cut)."""
     spool = os.open(SPOOL, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=store_fd)
     try:
         fd = os.open(
@@ -148,27 +170,24 @@ def _drain(store_fd: int, name: str, limit: int) -> tuple[int, int, bool]:
             0o600,
             dir_fd=spool,
         )
-        read = 0
         with os.fdopen(fd, "wb") as file:
-            # Level 3 on every CPU: the crashed process's exit waits for this.
-            compressor = zstandard.ZstdCompressor(level=3, threads=-1)
-            writer = compressor.stream_writer(file, closefd=False)
-            stdin = os.fdopen(0, "rb", buffering=0, closefd=False)
-            while True:
-                chunk = stdin.read(_CHUNK)
-                if not chunk:
-                    break
-                if read < limit:
-                    writer.write(chunk[: limit - read])
-                read += len(chunk)
-            writer.flush(zstandard.FLUSH_FRAME)
-            file.flush()
+            read, cut = _compress(file, limit)
             os.fsync(file.fileno())
             written = file.tell()
         os.fsync(spool)
-        return read, written, read > limit
+        return read, written, cut
     finally:
         os.close(spool)
+
+
+def _drain_to_memory(limit: int) -> tuple[int, int, int]:
+    """The core from stdin into a memory file (zstd, at most :data:`TRANSIENT_MAX`), for the
+    report of a crash whose core is not kept: (the memory file, bytes read, bytes in memory).
+    The file is inherited by the analysis and gone when it ends."""
+    memfd = os.memfd_create("redhand-core", 0)
+    with os.fdopen(memfd, "wb", closefd=False) as file:
+        read, _cut = _compress(file, limit, TRANSIENT_MAX)
+        return memfd, read, file.tell()
 
 
 def _drain_to_nothing() -> int:
@@ -179,8 +198,9 @@ def _drain_to_nothing() -> int:
     return total
 
 
-def _start_analysis(store: str, crash_id: str) -> None:
-    """``redhand crashes analyze ID``, detached (the kernel does not wait for it)."""
+def _start_analysis(store: str, crash_id: str, core_fd: int | None = None) -> None:
+    """``redhand crashes analyze ID``, detached (the kernel does not wait for it); given
+    ``core_fd``, the core in memory that it analyzes instead of a stored one."""
     child = os.fork()
     if child == 0:
         try:
@@ -197,6 +217,8 @@ def _start_analysis(store: str, crash_id: str) -> None:
                 os.dup2(log, 2)
                 command = [sys.executable, "-m", "redhand", "crashes", "--store", store,
                            "analyze", crash_id]  # fmt: skip
+                if core_fd is not None:
+                    command += ["--core-fd", str(core_fd)]
                 os.execv(sys.executable, command)
         finally:
             os._exit(0)
@@ -236,11 +258,16 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
                 (facts["exe"] or args["comm"], time.time() - 60),
             ).fetchone()[0]
             if recent >= RATE:
-                note = f"{recent} crashes of this program in the last minute: no more cores"
+                note = f"{_RATE_NOTE}: {recent} in the last minute, no more cores or reports"
         core_name = None
         read = written = 0
         truncated = False
-        if note is None:
+        transient = None
+        if note is not None and not note.startswith(_RATE_NOTE) and analyze:
+            # No core is kept, but a report is made from one held in memory.
+            transient, read, in_memory = _drain_to_memory(limit or MAX_CORE)
+            note += f"; held in memory for its report ({in_memory >> 10} KiB compressed)"
+        elif note is None:
             core_name = f"{crash_id}.core.zst"
             try:
                 read, written, truncated = _drain(store_fd, core_name, limit)
@@ -291,7 +318,9 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
     if sys.stdout is not None:
         print(crash_id, flush=True)
     if analyze:
-        _start_analysis(store, crash_id)
+        _start_analysis(store, crash_id, transient)
+    if transient is not None:
+        os.close(transient)
     return 0
 
 

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from redhand.collect.fleet import buckets as fleet_buckets
 from redhand.collect.fleet import connect as fleet_connect
 from redhand.collect.fleet import migrate
 from redhand.collect.store import connect, open_store, stamp
@@ -215,16 +216,16 @@ class FleetSource:
             connection.close()
 
     def buckets(self, host: str | None) -> tuple[list[Bucket], int, int]:
-        where, values = ("host = %s", (host,)) if host else ("TRUE", ())
-        rows = self._query(
-            "SELECT bucket, COUNT(*), COUNT(*) FILTER (WHERE core_kept), COUNT(DISTINCT host), "
-            "EXTRACT(EPOCH FROM MIN(time))::float8, EXTRACT(EPOCH FROM MAX(time))::float8, "
-            f"MAX(exe), MAX(signature) FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL "
-            "GROUP BY bucket ORDER BY COUNT(*) DESC, MAX(time) DESC",
-            values,
-        )
-        total = self._query(f"SELECT COUNT(*) FROM redhand_crashes WHERE {where}", values)[0][0]
-        return [Bucket(*row) for row in rows], total, 0
+        values: list[object] = [host] if host else []
+        where = "host = %s" if host else "TRUE"
+        found = [
+            Bucket(key, count, cores, hosts, first, last, exe, text)
+            for key, count, cores, hosts, first, last, _kind, exe, text in fleet_buckets(
+                self.url, where, values
+            )
+        ]
+        total = self._query(f"SELECT COUNT(*) FROM redhand_crashes WHERE {where}", tuple(values))
+        return found, total[0][0], 0
 
     def hours(self, since: float, host: str | None) -> list[tuple[float, int]]:
         where, values = ("AND host = %s", (host,)) if host else ("", ())
