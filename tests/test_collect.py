@@ -5,6 +5,7 @@ core_pattern is never changed."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -342,6 +343,14 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     assert Counter(row["status"] for row in rows(store)) == {"analyzed": 24}
     shown = crashes(store, "show", buckets[0]["bucket"][:10])
     assert shown.returncode == 0 and "signature:" in shown.stdout
+    # The Python API gives the same as --json; the filters narrow both.
+    import redhand
+
+    assert [dataclasses.asdict(b) for b in redhand.crash_buckets(str(store))] == buckets
+    one_kind = redhand.crash_list(str(store), kind="assertion")
+    assert len(one_kind) == 6 and {c.kind for c in one_kind} == {"assertion"}
+    listed_kind = json.loads(crashes(store, "list", "--kind", "assertion", "--json").stdout)
+    assert listed_kind["crashes"] == [dataclasses.asdict(c) for c in one_kind]
 
 
 def wait_for_status(store: Path, status: str) -> None:
@@ -554,6 +563,10 @@ def test_a_fleet_in_postgresql(tmp_path: Path, postgresql: str) -> None:
                 pushed = crashes(store, "push", "--to", postgresql, "--host", host)
                 assert pushed.returncode == 0, pushed.stderr
             assert "0 crash(es) sent" in pushed.stdout
+    import redhand
+
+    from_python = redhand.crash_buckets(db=postgresql, exe=built.name)
+    assert sorted((b.count, b.hosts) for b in from_python) == [(2, 2), (2, 2)]
     listed = crashes(tmp_path / "store-web1", "--db", postgresql, "--json")
     assert listed.returncode == 0, listed.stderr
     buckets = json.loads(listed.stdout)["buckets"]

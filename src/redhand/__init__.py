@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from redhand.capture.gcore import GcoreResult, gcore
     from redhand.capture.run import Run, RunResult, run
     from redhand.capture.watch import Caught, Watch, watch
+    from redhand.collect.query import CrashBucket, CrashRecord, crash_buckets, crash_list
     from redhand.dynlink import linkage
     from redhand.errors import (
         AlreadyTraced,
@@ -79,6 +80,10 @@ _LAZY = {
     "open_core": "redhand.target.core",
     "linkage": "redhand.dynlink",
     "allocs": "redhand.capture.allocs",
+    "crash_buckets": "redhand.collect.query",
+    "crash_list": "redhand.collect.query",
+    "CrashBucket": "redhand.collect.query",
+    "CrashRecord": "redhand.collect.query",
     "Module": "redhand.target.module",
     "Target": "redhand.target.target",
     "Thread": "redhand.target.target",
@@ -102,6 +107,8 @@ __all__ = [
     "AlreadyTraced",
     "Backtrace",
     "Caught",
+    "CrashBucket",
+    "CrashRecord",
     "ElfError",
     "EndReason",
     "FileNotFound",
@@ -128,6 +135,8 @@ __all__ = [
     "ZombieProcess",
     "__version__",
     "allocs",
+    "crash_buckets",
+    "crash_list",
     "attach",
     "gcore",
     "linkage",

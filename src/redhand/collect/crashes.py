@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import errno
 import json
@@ -30,6 +31,13 @@ import sqlite3
 import sys
 import time
 
+from redhand.collect.query import (
+    CrashBucket,
+    CrashFilter,
+    fleet_buckets,
+    store_buckets,
+    store_list,
+)
 from redhand.collect.store import DEFAULT_STORE, StoreError, connect, open_store, stamp
 
 _EXIT_NOT_FOUND = 3
@@ -97,30 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _filters(
-    args: argparse.Namespace, mark: str = "?", time: str = "time"
-) -> tuple[str, list[object]]:
-    """The WHERE clause of the filters (``mark`` and ``time`` as the database spells them)."""
-    where, values = ["1 = 1"], []
-    if args.exe:
-        where.append(f"(exe = {mark} OR exe LIKE {mark})")
-        values += [args.exe, f"%/{args.exe}"]
-    if args.pid is not None:
-        where.append(f"pid = {mark}")
-        values.append(args.pid)
-    if args.kind:
-        where.append(f"kind = {mark}")
-        values.append(args.kind)
-    if args.since is not None:
-        where.append(f"{time} >= {mark}")
-        values.append(args.since)
-    if args.until is not None:
-        where.append(f"{time} <= {mark}")
-        values.append(args.until)
-    if getattr(args, "host", None) and mark != "?":
-        where.append(f"host = {mark}")
-        values.append(args.host)
-    return " AND ".join(where), values
+def _filter(args: argparse.Namespace) -> CrashFilter:
+    return CrashFilter(args.exe, args.pid, args.kind, args.since, args.until, args.host)
 
 
 def main(argv: list[str]) -> int:
@@ -169,50 +155,36 @@ def main(argv: list[str]) -> int:
 
 
 def _buckets(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
-    where, values = _filters(args)
-    rows = connection.execute(
-        "SELECT bucket, COUNT(*), MIN(time), MAX(time), MAX(kind), MAX(exe), MAX(signature), "
-        f"SUM(core IS NOT NULL) FROM crashes WHERE {where} AND bucket IS NOT NULL "
-        "GROUP BY bucket ORDER BY COUNT(*) DESC, MAX(time) DESC",
-        values,
-    ).fetchall()
-    waiting = connection.execute(
-        f"SELECT COUNT(*) FROM crashes WHERE {where} AND bucket IS NULL", values
-    ).fetchone()[0]
+    found, waiting = store_buckets(connection, _filter(args))
     if args.json:
         document = {
             "redhand": 1,
             "kind": "crash-buckets",
-            "buckets": [
-                {
-                    "bucket": b,
-                    "count": n,
-                    "first_seen": first,
-                    "last_seen": last,
-                    "kind": kind,
-                    "exe": exe,
-                    "signature": text,
-                    "cores": cores,
-                }
-                for b, n, first, last, kind, exe, text, cores in rows
-            ],
+            "buckets": [dataclasses.asdict(bucket) for bucket in found],
             "not_analyzed": waiting,
         }
         print(json.dumps(document))
         return 0
-    print(
-        f"{'BUCKET':<12} {'COUNT':>6} {'CORES':>5}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  "
-        "PROGRAM: SIGNATURE"
-    )
-    for bucket, count, first, last, _kind, exe, text, cores in rows:
-        name = (exe or "?").rsplit("/", 1)[-1]
-        print(
-            f"{bucket[:12]:<12} {count:>6} {cores:>5}  {stamp(first)}  {stamp(last)}  "
-            f"{name}: {text[:160]}"
-        )
+    _print_buckets(found)
     if waiting:
         print(f"{waiting} crash(es) not analyzed yet (redhand crashes analyze)")
     return 0
+
+
+def _print_buckets(found: list[CrashBucket]) -> None:
+    fleet = any(bucket.hosts is not None for bucket in found)
+    many, how_many = ("HOSTS", "hosts") if fleet else ("CORES", "cores")
+    print(
+        f"{'BUCKET':<12} {'COUNT':>6} {many:>5}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  "
+        "PROGRAM: SIGNATURE"
+    )
+    for bucket in found:
+        name = (bucket.exe or "?").rsplit("/", 1)[-1]
+        print(
+            f"{bucket.bucket[:12]:<12} {bucket.count:>6} {getattr(bucket, how_many):>5}  "
+            f"{stamp(bucket.first_seen)}  {stamp(bucket.last_seen)}  "
+            f"{name}: {bucket.signature[:160]}"
+        )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -246,30 +218,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _fleet_buckets(args: argparse.Namespace) -> int:
-    from redhand.collect.fleet import buckets
-
-    where, values = _filters(args, "%s", "EXTRACT(EPOCH FROM time)")
     try:
-        rows = buckets(args.db, where, values)
+        found = fleet_buckets(args.db, _filter(args))
     except Exception as error:  # the driver's errors: one line, not a traceback
         print(f"redhand crashes: {args.db}: {error}".splitlines()[0], file=sys.stderr)
         return _EXIT_DATABASE
     if args.json:
-        keys = ("bucket", "count", "cores", "hosts", "first_seen", "last_seen", "kind", "exe",
-                "signature")  # fmt: skip
-        found = [dict(zip(keys, row, strict=True)) for row in rows]
-        print(json.dumps({"redhand": 1, "kind": "crash-buckets", "buckets": found}))
+        document = [dataclasses.asdict(bucket) for bucket in found]
+        print(json.dumps({"redhand": 1, "kind": "crash-buckets", "buckets": document}))
         return 0
-    print(
-        f"{'BUCKET':<12} {'COUNT':>6} {'HOSTS':>5}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  "
-        "PROGRAM: SIGNATURE"
-    )
-    for bucket, count, _cores, hosts, first, last, _kind, exe, text in rows:
-        name = (exe or "?").rsplit("/", 1)[-1]
-        print(
-            f"{bucket[:12]:<12} {count:>6} {hosts:>5}  {stamp(float(first))}  "
-            f"{stamp(float(last))}  {name}: {text[:160]}"
-        )
+    _print_buckets(found)
     return 0
 
 
@@ -289,35 +247,18 @@ def _push(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
 
 
 def _list(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
-    where, values = _filters(args)
-    rows = connection.execute(
-        "SELECT id, time, pid, signal, exe, comm, kind, bucket, core IS NOT NULL, status, note "
-        f"FROM crashes WHERE {where} ORDER BY time DESC",
-        values,
-    ).fetchall()
+    found = store_list(connection, _filter(args))
     if args.json:
-        keys = (
-            "id",
-            "time",
-            "pid",
-            "signal",
-            "exe",
-            "comm",
-            "kind",
-            "bucket",
-            "core_kept",
-            "status",
-            "note",
-        )
-        crashes = [dict(zip(keys, row, strict=True)) for row in rows]
+        crashes = [dataclasses.asdict(crash) for crash in found]
         print(json.dumps({"redhand": 1, "kind": "crash-list", "crashes": crashes}))
         return 0
-    for crash_id, when, pid, sig, exe, comm, kind, bucket, kept, status, note in rows:
-        name = (exe or comm or "?").rsplit("/", 1)[-1]
+    for crash in found:
+        name = (crash.exe or crash.comm or "?").rsplit("/", 1)[-1]
         print(
-            f"{crash_id[:12]}  {stamp(when)}  pid {pid}  signal {sig}  {name}  "
-            f"{kind or status}  bucket {(bucket or '-')[:12]}  core {'kept' if kept else 'no'}"
-            + (f"  ({note})" if note else "")
+            f"{crash.id[:12]}  {stamp(crash.time)}  pid {crash.pid}  signal {crash.signal}  "
+            f"{name}  {crash.kind or crash.status}  bucket {(crash.bucket or '-')[:12]}  "
+            f"core {'kept' if crash.core_kept else 'no'}"
+            + (f"  ({crash.note})" if crash.note else "")
         )
     return 0
 

@@ -14,13 +14,14 @@ import datetime
 import json
 import os
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from redhand.collect.fleet import buckets as fleet_buckets
 from redhand.collect.fleet import connect as fleet_connect
 from redhand.collect.fleet import migrate
+from redhand.collect.query import CrashBucket, CrashFilter, fleet_buckets, store_buckets
 from redhand.collect.store import connect, open_store, stamp
 
 _PAGE = """<!doctype html>
@@ -105,18 +106,6 @@ def _chart(days: list[tuple[str, int]]) -> str:
 
 
 @dataclass
-class Bucket:
-    key: str
-    count: int
-    cores: int
-    hosts: int
-    first: float
-    last: float
-    exe: str | None
-    signature: str | None
-
-
-@dataclass
 class Crash:
     id: str
     time: float
@@ -139,25 +128,28 @@ class StoreSource:
     def __init__(self, store: str) -> None:
         self.name = store
 
-    def _query(self, sql: str, values: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    def _connect(self) -> sqlite3.Connection:
         fd = open_store(self.name, create=False)
         try:
-            connection = connect(fd)
+            return connect(fd)
         finally:
             os.close(fd)
+
+    def _query(self, sql: str, values: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        connection = self._connect()
         try:
             return list(connection.execute(sql, values).fetchall())
         finally:
             connection.close()
 
-    def buckets(self, _host: str | None) -> tuple[list[Bucket], int, int]:
-        rows = self._query(
-            "SELECT bucket, COUNT(*), SUM(core IS NOT NULL), 1, MIN(time), MAX(time), MAX(exe), "
-            "MAX(signature) FROM crashes WHERE bucket IS NOT NULL "
-            "GROUP BY bucket ORDER BY COUNT(*) DESC, MAX(time) DESC"
-        )
-        total, waiting = self._query("SELECT COUNT(*), SUM(bucket IS NULL) FROM crashes")[0]
-        return [Bucket(*row) for row in rows], total, waiting or 0
+    def buckets(self, _host: str | None) -> tuple[list[CrashBucket], int, int]:
+        connection = self._connect()
+        try:
+            found, waiting = store_buckets(connection, CrashFilter())
+            total = connection.execute("SELECT COUNT(*) FROM crashes").fetchone()[0]
+        finally:
+            connection.close()
+        return found, total, waiting
 
     def hours(self, since: float, _host: str | None) -> list[tuple[float, int]]:
         return self._query(
@@ -215,15 +207,9 @@ class FleetSource:
         finally:
             connection.close()
 
-    def buckets(self, host: str | None) -> tuple[list[Bucket], int, int]:
-        values: list[object] = [host] if host else []
-        where = "host = %s" if host else "TRUE"
-        found = [
-            Bucket(key, count, cores, hosts, first, last, exe, text)
-            for key, count, cores, hosts, first, last, _kind, exe, text in fleet_buckets(
-                self.url, where, values
-            )
-        ]
+    def buckets(self, host: str | None) -> tuple[list[CrashBucket], int, int]:
+        found = fleet_buckets(self.url, CrashFilter(host=host))
+        where, values = CrashFilter(host=host).where("%s")
         total = self._query(f"SELECT COUNT(*) FROM redhand_crashes WHERE {where}", tuple(values))
         return found, total[0][0], 0
 
@@ -314,12 +300,12 @@ def make_app(source: Source) -> Any:
             days.append((day, per_day.get(day, 0)))
         shown = [
             {
-                "key": b.key,
+                "key": b.bucket,
                 "count": b.count,
                 "cores": b.cores,
                 "hosts": b.hosts,
-                "first": stamp(b.first),
-                "last": stamp(b.last),
+                "first": stamp(b.first_seen),
+                "last": stamp(b.last_seen),
                 "program": _program(b.exe),
                 "signature": b.signature,
             }
