@@ -156,6 +156,31 @@ def test_a_process_that_changed_credentials_leaves_nothing_its_user_can_read(
     assert not (tmp_path / "mine").exists()
 
 
+def test_dump_never_overwrites_and_says_what_is_wrong(a_core: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    crash_id = collect(store, a_core)
+    existing = tmp_path / "existing"
+    existing.write_text("mine")
+    refused = crashes(store, "dump", crash_id, "-o", str(existing))
+    assert refused.returncode == 13 and existing.read_text() == "mine"
+    assert len(refused.stderr.splitlines()) == 1 and "File exists" in refused.stderr
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    assert crashes(store, "dump", crash_id, "-o", str(link)).returncode == 13
+    assert not (tmp_path / "elsewhere").exists()
+    # A stored core damaged on disk: one line, nothing written.
+    (row,) = rows(store)
+    core = store / str(row["core"])
+    damaged = bytearray(core.read_bytes())
+    damaged[len(damaged) // 2 :] = os.urandom(len(damaged) - len(damaged) // 2)
+    core.write_bytes(bytes(damaged))
+    broken = crashes(store, "dump", crash_id, "-o", str(tmp_path / "out"))
+    assert broken.returncode == 10, broken.stderr
+    assert "damaged" in broken.stderr and len(broken.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    assert crashes(store, "dump", "0" * 32, "-o", str(tmp_path / "out")).returncode == 3
+
+
 def test_the_identity_comes_from_the_pidfd_and_a_reused_pid_is_not_believed(
     a_core: Path, tmp_path: Path
 ) -> None:

@@ -42,6 +42,7 @@ from redhand.collect.store import DEFAULT_STORE, StoreError, connect, open_store
 
 _EXIT_NOT_FOUND = 3
 _EXIT_DATABASE = 9
+_EXIT_OUTPUT = 13
 
 
 def _store_exit(error: StoreError) -> int:
@@ -359,23 +360,66 @@ def _dump(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespac
     if found is None or found[0] != "crash":
         print(f"redhand crashes: no crash {args.ids[0]!r}", file=sys.stderr)
         return _EXIT_NOT_FOUND
-    core = connection.execute("SELECT core FROM crashes WHERE id = ?", (found[1],)).fetchone()[0]
+    crash = found[1]
+    core = connection.execute("SELECT core FROM crashes WHERE id = ?", (crash,)).fetchone()[0]
     if core is None:
-        print(f"redhand crashes: crash {found[1]} has no core kept", file=sys.stderr)
+        print(f"redhand crashes: crash {crash} has no core kept", file=sys.stderr)
         return _EXIT_NOT_FOUND
-    source = os.open(core, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=store_fd)
-    target = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(source, "rb") as file, os.fdopen(target, "wb") as out:
-        reader = zstandard.ZstdDecompressor().stream_reader(file)
-        zero = bytes(1 << 16)
-        while chunk := reader.read(1 << 16):
-            if chunk == zero[: len(chunk)]:
-                out.seek(len(chunk), os.SEEK_CUR)  # a hole: the dump stays sparse
-            else:
-                out.write(chunk)
-        out.truncate()
-    print(f"{args.output}: the core of crash {found[1]}")
+    try:
+        source = os.open(core, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=store_fd)
+    except OSError as error:
+        print(f"redhand crashes: the core of crash {crash} is gone: {error.strerror}; "
+              "its record and report stay (redhand crashes show)", file=sys.stderr)  # fmt: skip
+        return 11
+    try:
+        _decompress_sparse(source, args.output)
+    except zstandard.ZstdError as error:
+        print(f"redhand crashes: the stored core of crash {crash} is damaged ({error}); "
+              "its record and report stay (redhand crashes show)", file=sys.stderr)  # fmt: skip
+        return 10
+    except OSError as error:
+        print(
+            f"redhand crashes dump: {args.output}: {error.strerror or error} "
+            "(a new file is written, never an existing one: another -o?)",
+            file=sys.stderr,
+        )
+        return _EXIT_OUTPUT
+    finally:
+        os.close(source)
+    print(f"{args.output}: the core of crash {crash}")
     return 0
+
+
+def _decompress_sparse(source: int, output: str) -> None:
+    """A stored core (zstd, the descriptor ``source``) into a new file ``output``, its runs
+    of zeros left as holes; a progress bar on a terminal.  Nothing is left behind on
+    failure."""
+    import zstandard
+
+    from redhand.report.progress import terminal_progress
+
+    with os.fdopen(source, "rb", closefd=False) as file:
+        target = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with (
+                os.fdopen(target, "wb") as out,
+                terminal_progress("decompressing the core", threshold=64 << 20) as progress,
+            ):
+                total = os.fstat(source).st_size
+                reader = zstandard.ZstdDecompressor().stream_reader(file)
+                zero = bytes(1 << 16)
+                while chunk := reader.read(1 << 16):
+                    if chunk == zero[: len(chunk)]:
+                        out.seek(len(chunk), os.SEEK_CUR)  # a hole: the dump stays sparse
+                    else:
+                        out.write(chunk)
+                    if progress is not None:
+                        progress(file.tell(), total)
+                out.truncate()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(output)
+            raise
 
 
 def _debug(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespace) -> int:
@@ -396,8 +440,14 @@ def _debug(connection: sqlite3.Connection, store_fd: int, args: argparse.Namespa
     try:
         args.output = os.path.join(folder, "core")
         args.ids = [found[1]]
-        if _dump(connection, store_fd, args) != 0:
-            return _EXIT_NOT_FOUND
+        if shutil.which("gdb") is None:
+            print(
+                "redhand crashes debug: gdb is not installed (apt-get install gdb)", file=sys.stderr
+            )
+            return 11
+        status = _dump(connection, store_fd, args)
+        if status != 0:
+            return status
         command = ["gdb", *([exe] if exe else []), "-c", args.output]
         return subprocess.run(command).returncode
     finally:
