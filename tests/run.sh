@@ -28,6 +28,8 @@ dpkg -s libc6-dbg >/dev/null 2>&1 || apt_packages+=(libc6-dbg)
 dpkg -s libfaketime >/dev/null 2>&1 || apt_packages+=(libfaketime)
 dpkg -s libeatmydata1 >/dev/null 2>&1 || apt_packages+=(libeatmydata1)
 dpkg -s libjemalloc2 >/dev/null 2>&1 || apt_packages+=(libjemalloc2)
+dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 || apt_packages+=(libtcmalloc-minimal4)
+dpkg -s libmimalloc2.0 >/dev/null 2>&1 || apt_packages+=(libmimalloc2.0)
 # A real PostgreSQL for the fleet's crash database (a private cluster per test run)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_packages+=(postgresql)
 # A real browser for the crash store's web page: Debian's chromium, driven headless

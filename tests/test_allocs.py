@@ -239,11 +239,22 @@ def test_a_static_executables_own_allocator(tmp_path: Path) -> None:
     assert site(document, "malloc", "work")["calls"] == 100
 
 
-def test_jemalloc_preloaded_is_the_allocator_probed(built: tuple[Path, Path]) -> None:
-    if not Path(JEMALLOC).exists():
-        pytest.skip("libjemalloc2 is not installed (tests/run.sh installs it)")
+PRELOADED = {
+    "jemalloc": ("libjemalloc2", JEMALLOC),
+    "tcmalloc": ("libtcmalloc-minimal4", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"),
+    "mimalloc": ("libmimalloc2.0", "/usr/lib/x86_64-linux-gnu/libmimalloc.so.2"),
+}
+
+
+@pytest.mark.parametrize("allocator", PRELOADED)
+def test_a_preloaded_allocator_is_the_one_probed(built: tuple[Path, Path], allocator: str) -> None:
+    """Debian's jemalloc, tcmalloc and mimalloc, preloaded: their malloc is the one the GOT
+    slots hold, so the one probed, and every call is counted."""
+    package, library = PRELOADED[allocator]
+    if not Path(library).exists():
+        pytest.skip(f"{package} is not installed (tests/run.sh installs it)")
     exe, plugin = built
-    env = {**os.environ, "LD_PRELOAD": JEMALLOC}
+    env = {**os.environ, "LD_PRELOAD": library}
     with Program([exe, plugin], env=env) as program:
         recording = Recording(program.pid, "--json", "--force")
         run_program(program)
@@ -252,8 +263,10 @@ def test_jemalloc_preloaded_is_the_allocator_probed(built: tuple[Path, Path]) ->
         finish(program)
     document = json.loads(out)
     modules = {Path(p["module"]).name for p in document["probes"] if p["symbol"] == "malloc"}
-    assert modules == {"libjemalloc.so.2"}
+    assert modules == {Path(library).resolve().name}
     assert site(document, "malloc", "direct")["calls"] == 1000
+    freed = sum(s["calls"] for s in document["call_sites"] if s["function"] == "free")
+    assert freed >= 1000
 
 
 def mapped(pid: int) -> tuple[set[str], list[str]]:

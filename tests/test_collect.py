@@ -679,6 +679,21 @@ def test_the_web_page_in_a_real_browser(tmp_path: Path) -> None:
         assert "store_value" in browser.find_element("css selector", "#frames").text
         browser.get(url + "bucket/no-such-bucket")
         assert "Not Found" in browser.page_source
+        # Many buckets: the 500 with the most crashes, and a link to all of them.
+        with contextlib.closing(sqlite3.connect(store / "crashes.db")) as database:
+            now = time.time()
+            database.executemany(
+                "INSERT INTO crashes (id, time, collected, signal, exe, kind, bucket, "
+                "signature, status) VALUES (?, ?, ?, 11, '/usr/bin/many', 'null-dereference', "
+                "?, ?, 'analyzed')",
+                [(f"{n:032x}", now - n, now, f"{n:064x}", f"null-dereference | f{n}")
+                 for n in range(600)],
+            )  # fmt: skip
+            database.commit()
+        browser.get(url)
+        assert len(browser.find_elements("css selector", "#buckets tr")) == 501
+        browser.find_element("link text", "all of them").click()
+        assert len(browser.find_elements("css selector", "#buckets tr")) == 603
 
 
 def test_the_fleets_web_page_in_a_real_browser(tmp_path: Path, postgresql: str) -> None:

@@ -24,6 +24,8 @@ INTERPOSERS = {
     "libfaketime": (f"{MULTIARCH}/faketime/libfaketime.so.1", {"FAKETIME": "2020-01-01 00:00:00"}),
     "libeatmydata": (f"{MULTIARCH}/libeatmydata.so.1", {}),
     "jemalloc": (f"{MULTIARCH}/libjemalloc.so.2", {}),
+    "tcmalloc": (f"{MULTIARCH}/libtcmalloc_minimal.so.4", {}),
+    "mimalloc": (f"{MULTIARCH}/libmimalloc.so.2", {}),
 }
 
 

@@ -41,8 +41,11 @@ code, pre { font-family: ui-monospace, monospace; font-size: 0.9em; }
 """
 
 _BUCKETS = """
-<p class="muted">{{ total }} crashes in {{ buckets | length }} buckets;
-{{ waiting }} not analyzed yet.</p>
+<p class="muted">{{ total }} crashes in {{ count }} buckets;
+{{ waiting }} not analyzed yet.{% if count > buckets | length %}
+The {{ buckets | length }} with the most crashes are listed:
+<a href="?{% if host %}host={{ host | urlencode }}&amp;{% endif %}all=1">all of them</a>.
+{% endif %}</p>
 {{ chart | safe }}
 <table id="buckets">
 <tr><th>bucket</th><th>count</th><th>cores</th>{% if fleet %}<th>hosts</th>{% endif %}
@@ -117,7 +120,7 @@ class Crash:
     report: dict[str, Any] | None
 
 
-_SHOWN = 500  # crashes listed on a bucket's page at most (the newest)
+_SHOWN = 500  # buckets (the most crashes) and crashes of a bucket (the newest) listed at most
 
 
 class StoreSource:
@@ -309,11 +312,18 @@ def make_app(source: Source) -> Any:
                 "program": _program(b.exe),
                 "signature": b.signature,
             }
-            for b in found
+            for b in (found if request.args.get("all") else found[:_SHOWN])
         ]
         title = f"crash buckets of {host}" if host else "crash buckets"
         return page(
-            title, _BUCKETS, buckets=shown, total=total, waiting=waiting, chart=_chart(days)
+            title,
+            _BUCKETS,
+            buckets=shown,
+            count=len(found),
+            host=host,
+            total=total,
+            waiting=waiting,
+            chart=_chart(days),
         )
 
     @app.get("/bucket/<key>")
