@@ -15,6 +15,11 @@
    ``readelf -rW FILE`` (the relocations alone) on libc and on large C++
    libraries (libstdc++, and LLVM's when lldb's is installed).
 
+3. A program as it would start here: ``redhand linkage FILE`` (its libraries found as
+   ld.so finds them, every import of every object looked up) against ``ldd -r FILE``
+   (ld.so itself, loading and relocating everything without running it), on chromium
+   (over 100 libraries) and python3.
+
 Medians and the fastest run of each; ratios are the other tool's time over
 redhand's (above 1: redhand is faster).
 
@@ -153,13 +158,38 @@ def bench_files(runs: int) -> None:
         report(f"2. {real} ({size:.1f} MiB)", times, "redhand linkage FILE")
 
 
+def bench_programs(runs: int) -> None:
+    redhand = redhand_command()
+    for path in ("/usr/lib/chromium/chromium", "/usr/bin/python3"):
+        if not os.path.exists(path):
+            continue
+        real = os.path.realpath(path)
+        tools = {
+            "redhand linkage FILE": [*redhand, "linkage", real],
+            "redhand linkage FILE --json": [*redhand, "linkage", real, "--json"],
+            "ldd -r": ["ldd", "-r", real],
+            "ldd": ["ldd", real],
+        }
+        times: dict[str, list[float]] = {tool: [] for tool in tools}
+        for _ in range(runs):
+            for tool, command in tools.items():
+                times[tool].append(timed(command, tool))
+        report(f"3. {real}, as it would start here", times, "redhand linkage FILE")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--libraries", type=int, default=120)
+    parser.add_argument("--parts", default="1,2,3", help="which parts to run")
     args = parser.parse_args()
-    bench_process(args.runs, args.libraries)
-    bench_files(args.runs)
+    parts = set(args.parts.split(","))
+    if "1" in parts:
+        bench_process(args.runs, args.libraries)
+    if "2" in parts:
+        bench_files(args.runs)
+    if "3" in parts:
+        bench_programs(args.runs)
 
 
 if __name__ == "__main__":

@@ -1098,7 +1098,6 @@ EXIT_HOOKED = 15
 
 def run_linkage(args: Arguments) -> int:
     from redhand.dynlink import Linkage, Status, linkage
-    from redhand.report._json import dumps
     from redhand.report.linkage import (
         file_json,
         linkage_json,
@@ -1127,7 +1126,9 @@ def run_linkage(args: Arguments) -> int:
         hooked = any(slot.status is Status.HOOKED for slot in result.slots)
         return EXIT_HOOKED if args.check and hooked else 0
     if args.json:
-        sys.stdout.write(dumps(file_json(result, symbol=args.symbol)) + "\n")
+        import json
+
+        sys.stdout.write(json.dumps(file_json(result, symbol=args.symbol)) + "\n")  # one line
     else:
         render_file_text(result, sys.stdout, symbol=args.symbol, exports=args.exports)
     return 0

@@ -9,6 +9,7 @@ it: a :class:`Linkage`), or a core's path (the same, from the core).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from redhand.dynlink.dynamic import (
@@ -20,6 +21,7 @@ from redhand.dynlink.dynamic import (
     read_dynamic,
 )
 from redhand.dynlink.process import Binding, Linkage, LinkedModule, Slot, Status, process_linkage
+from redhand.dynlink.search import FileBinding, FoundLibrary, LoadPlan, plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,11 +32,14 @@ __all__ = [
     "Binding",
     "DynSymbol",
     "Dynamic",
+    "FileBinding",
     "FileLinkage",
+    "FoundLibrary",
     "Import",
     "Kind",
     "Linkage",
     "LinkedModule",
+    "LoadPlan",
     "Slot",
     "Status",
     "file_linkage",
@@ -46,14 +51,24 @@ __all__ = [
 
 @dataclass
 class FileLinkage:
-    """A file's dynamic linking (:class:`Dynamic`) and its PLT stubs."""
+    """A file's dynamic linking (:class:`Dynamic`), its PLT stubs, and what it would start
+    with on this machine (:class:`LoadPlan`: its libraries and where its imports bind;
+    None for a file that loads nothing)."""
 
     dynamic: Dynamic
     plt: list[PltStub] = field(default_factory=list)
+    plan: LoadPlan | None = None
 
 
-def file_linkage(path: str | os.PathLike[str]) -> FileLinkage:
-    """What the ELF file at ``path`` needs, exports and imports, and its PLT stubs."""
+def file_linkage(
+    path: str | os.PathLike[str],
+    *,
+    preload: Sequence[str] | None = None,
+    library_path: Sequence[str] | None = None,
+) -> FileLinkage:
+    """What the ELF file at ``path`` needs, exports and imports, its PLT stubs, and where
+    ld.so would find its libraries and bind its imports here.  ``preload`` and
+    ``library_path`` default to this process's LD_PRELOAD and LD_LIBRARY_PATH, as ldd's."""
     from redhand.elf import ElfFile
     from redhand.elf.plt import iter_plt_stubs
     from redhand.errors import ElfError
@@ -67,6 +82,12 @@ def file_linkage(path: str | os.PathLike[str]) -> FileLinkage:
                 result.plt = list(iter_plt_stubs(elf))
             except ElfError as error:
                 dynamic.warnings.append(f"the PLT cannot be read: {error.message}")
+    if dynamic.needed or dynamic.interpreter:
+        if preload is None:
+            preload = os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+        if library_path is None:
+            library_path = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p]
+        result.plan = plan(name, preload=preload, library_path=library_path)
     return result
 
 

@@ -30,7 +30,7 @@ from redhand.errors import ElfError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterable, Sequence
 
 _SYM = struct.Struct("<IBBHQQ")
 _RELA = struct.Struct("<QQq")
@@ -263,6 +263,26 @@ class Dynamic:
             name: [symbols[number] for number in numbers]
             for name, numbers in self.export_numbers.items()
         }
+
+    def version_use(self) -> tuple[set[str], set[tuple[str, str]]]:
+        """The versions the file's definitions carry, and the (file, version) pairs its
+        references need; read from the columns, without making every symbol."""
+        rows: Iterable[tuple[Any, Any, Any]]
+        if self._symbols is None and self._columns is not None:
+            shndx, versions, files = self._columns[6], self._columns[7], self._columns[8]
+            rows = zip(shndx, versions, files, strict=True)
+        else:
+            rows = ((s.shndx, s.version, s.version_file) for s in self.symbols)
+        defined: set[str] = set()
+        needed: set[tuple[str, str]] = set()
+        for section, version, file in rows:
+            if version is None:
+                continue
+            if section != c.SHN_UNDEF:
+                defined.add(version)
+            elif file is not None:
+                needed.add((file, version))
+        return defined, needed
 
     @property
     def versions_defined(self) -> bool:

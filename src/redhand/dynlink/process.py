@@ -496,7 +496,9 @@ def _index(modules: Sequence[LinkedModule], data: bool) -> dict[str, list[_Provi
     wanted: set[str] = set()
     for member in modules:
         if member.dynamic is not None:
-            wanted.update(e.symbol.name for e in member.dynamic.slot_imports(data) if e.symbol)
+            # With ``data``, every import: pointers in data, and copies and TLS too.
+            entries = member.dynamic.imports if data else member.dynamic.slot_imports(False)
+            wanted.update(e.symbol.name for e in entries if e.symbol)
     index: dict[str, list[_Provider]] = {}
     for member in modules:
         dynamic = member.dynamic

@@ -12,9 +12,11 @@ lists every slot of that symbol; ``--all`` every slot.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TextIO
 
-from redhand.dynlink import FileLinkage, Linkage, LinkedModule, Slot, Status
+from redhand.dynlink import FileLinkage, Linkage, LinkedModule, LoadPlan, Slot, Status
+from redhand.elf import constants as c
 from redhand.report.style import Style
 
 _ORDER = (
@@ -186,6 +188,7 @@ def render_file_text(
         write(f"rpath: {dynamic.rpath}\n")
     if dynamic.runpath:
         write(f"runpath: {dynamic.runpath}\n")
+    bound = _render_plan(result.plan, write, style) if result.plan is not None else {}
     plt_of = {stub.got_address: stub for stub in result.plt}
     imports = [i for i in dynamic.imports if symbol is None or i.name == symbol]
     write(style(f"\nimports: {_plural(len(imports), 'relocation')}", "bold") + "\n")
@@ -200,7 +203,8 @@ def render_file_text(
         if stub is not None:
             notes.append(f"PLT {stub.address:#x} in {stub.section}")
         note = f"  ({', '.join(notes)})" if notes else ""
-        write(f"  {entry.kind.label:<9} {entry.offset:#010x}  {what}{note}\n")
+        where = bound.get(entry.offset, "")
+        write(f"  {entry.kind.label:<9} {entry.offset:#010x}  {what}{where}{note}\n")
     exported = [
         s for name, found in sorted(dynamic.exports.items()) for s in found
         if symbol is None or name == symbol
@@ -216,6 +220,89 @@ def render_file_text(
     for warning in dynamic.warnings:
         write(style(f"warning: {warning}", "red") + "\n")
     stream.flush()
+
+
+def _render_plan(plan: LoadPlan, write: Callable[[str], object], style: Style) -> dict[int, str]:
+    """The libraries as ld.so would load them here, what would stop the program from
+    starting; the text each of the file's own imports gets (where it binds), by offset."""
+    write(style("\nlibraries, as ld.so would load them on this machine:", "bold") + "\n")
+    shown: set[tuple[str, str | None]] = set()
+    owner = plan.modules[0].path
+    for found in plan.libraries:
+        if found.already and found.needed_by != owner:
+            continue  # a library's need of something already loaded: ldd's list omits it
+        if (found.name, found.path) in shown:
+            continue
+        shown.add((found.name, found.path))
+        by = "" if found.needed_by == owner else f", for {found.needed_by.rsplit('/', 1)[-1]}"
+        if found.path is None:
+            write(style(f"  {found.name:<24} not found{by}", "red") + "\n")
+        else:
+            write(f"  {found.name:<24} {found.path}  ({found.how}{by})\n")
+    problems = _plan_problems(plan)
+    for problem in problems:
+        write(style(f"problem: {problem}", "red") + "\n")
+    counts: dict[str, int] = {}
+    bound: dict[int, str] = {}
+    main = plan.modules[0]
+    for item in plan.bindings:
+        if item.owner is not main:
+            continue
+        if item.binding is None:
+            bound[item.entry.offset] = "  -> unresolved"
+            continue
+        short = item.binding.module.short
+        counts[short] = counts.get(short, 0) + 1
+        bound[item.entry.offset] = f"  -> {short}"
+    if counts:
+        spread = ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda x: -x[1]))
+        write(f"its imports would bind to: {spread}\n")
+    return bound
+
+
+def _plan_problems(plan: LoadPlan) -> list[str]:
+    """Why the program would not start here (ld.so's own complaints, in its words)."""
+    problems = [
+        f"{found.name} (needed by {found.needed_by.rsplit('/', 1)[-1]}) not found"
+        for found in plan.missing
+    ]
+    problems += plan.version_problems
+    for item in plan.unresolved:
+        symbol = item.entry.symbol
+        if symbol is None or symbol.bind == c.STB_WEAK:
+            continue  # a weak reference may stay unresolved (it reads 0)
+        name = symbol.versioned_name
+        if item.fatal:
+            problems.append(f"undefined symbol {name} (in {item.owner.short}): it would not start")
+        else:
+            problems.append(
+                f"undefined symbol {name} (in {item.owner.short}): the first call to it would "
+                "end the program (lazy binding)"
+            )
+    return problems
+
+
+def _plan_json(plan: LoadPlan) -> dict[str, object]:
+    return {
+        "libraries": [found.to_json() for found in plan.libraries],
+        "load_order": [module.path for module in plan.modules],
+        "problems": _plan_problems(plan),
+        "bindings": [
+            {
+                "module": item.owner.path,
+                "offset": item.entry.offset,
+                "symbol": item.entry.symbol.versioned_name if item.entry.symbol else None,
+                "binds_to": None
+                if item.binding is None
+                else {
+                    "module": item.binding.module.path,
+                    "symbol": item.binding.symbol.versioned_name,
+                },
+                "fatal": item.fatal,
+            }
+            for item in plan.bindings
+        ],
+    }
 
 
 def file_json(result: FileLinkage, *, symbol: str | None = None) -> dict[str, object]:
@@ -250,5 +337,6 @@ def file_json(result: FileLinkage, *, symbol: str | None = None) -> dict[str, ob
             for stub in result.plt
             if symbol is None or stub.symbol == symbol
         ],
+        "plan": _plan_json(result.plan) if result.plan is not None else None,
         "warnings": dynamic.warnings,
     }
