@@ -181,6 +181,30 @@ def test_dump_never_overwrites_and_says_what_is_wrong(a_core: Path, tmp_path: Pa
     assert crashes(store, "dump", "0" * 32, "-o", str(tmp_path / "out")).returncode == 3
 
 
+def test_a_damaged_database_loses_no_core(a_core: Path, tmp_path: Path) -> None:
+    """The crash database overwritten with garbage: the collector still keeps the core and
+    its record beside it; `crashes` says what to do in one line; once the database is moved
+    aside, `crashes analyze` takes the record in."""
+    store = tmp_path / "store"
+    collect(store, a_core)
+    database = store / "crashes.db"
+    for leftover in (store / "crashes.db-wal", store / "crashes.db-shm"):
+        leftover.unlink(missing_ok=True)
+    database.write_bytes(os.urandom(8192))
+    crash_id = collect(store, a_core)
+    assert (store / "spool" / f"{crash_id}.core.zst").exists()
+    assert (store / "spool" / f"{crash_id}.record.json").exists()
+    refused = crashes(store, "list")
+    assert refused.returncode == 10 and len(refused.stderr.splitlines()) == 1
+    assert "move it aside" in refused.stderr and "Traceback" not in refused.stderr
+    database.rename(store / "crashes.db.damaged")
+    assert crashes(store, "analyze").returncode == 0
+    (row,) = rows(store)
+    assert row["id"] == crash_id and row["core"] == f"spool/{crash_id}.core.zst"
+    assert "could not be used" in str(row["note"]) and row["status"] == "analyzed"
+    assert not (store / "spool" / f"{crash_id}.record.json").exists()
+
+
 def test_the_identity_comes_from_the_pidfd_and_a_reused_pid_is_not_believed(
     a_core: Path, tmp_path: Path
 ) -> None:
@@ -302,8 +326,12 @@ def test_fifty_crashes_at_once_are_all_stored(a_core: Path, tmp_path: Path) -> N
     ]
     for process in processes:
         assert process.stdin is not None
-        process.stdin.write(data)
-        process.stdin.close()
+        try:
+            process.stdin.write(data)
+            process.stdin.close()
+        except BrokenPipeError:  # a collector that ended without reading: say why
+            assert process.stderr is not None
+            raise AssertionError(process.stderr.read().decode()) from None
     for process in processes:
         assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read() if process.stderr else ""
         for stream in (process.stdout, process.stderr):

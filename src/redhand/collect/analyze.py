@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from redhand.collect.signature import signature
-from redhand.collect.store import connect, open_store
+from redhand.collect.store import connect, import_pending, open_store
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ def analyze(
     store_fd = open_store(store, create=False)
     connection = connect(store_fd)
     try:
+        import_pending(store_fd, connection)  # records the database could not take then
         if crash_ids:
             marks = ", ".join("?" for _ in crash_ids)
             rows = connection.execute(

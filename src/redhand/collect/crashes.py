@@ -106,6 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _damaged(store: str, error: sqlite3.DatabaseError) -> int:
+    print(
+        f"redhand crashes: the crash database {store}/crashes.db cannot be used ({error}): "
+        "move it aside, and `redhand crashes analyze` makes a new one with the records the "
+        "collector kept beside the cores since",
+        file=sys.stderr,
+    )
+    return 10
+
+
 def _filter(args: argparse.Namespace) -> CrashFilter:
     return CrashFilter(args.exe, args.pid, args.kind, args.since, args.until, args.host)
 
@@ -124,6 +134,8 @@ def main(argv: list[str]) -> int:
         except StoreError as error:
             print(f"redhand: {error.strerror or error}", file=sys.stderr)
             return _store_exit(error)
+        except sqlite3.DatabaseError as error:
+            return _damaged(args.store, error)
         except ValueError as error:
             print(f"redhand crashes analyze: {error}", file=sys.stderr)
             return 2
@@ -136,7 +148,11 @@ def main(argv: list[str]) -> int:
     except StoreError as error:
         print(f"redhand: {error.strerror or error}", file=sys.stderr)
         return _store_exit(error)
-    connection = connect(store_fd)
+    try:
+        connection = connect(store_fd)
+    except sqlite3.DatabaseError as error:
+        os.close(store_fd)
+        return _damaged(args.store, error)
     try:
         verb = {
             "buckets": _buckets,

@@ -21,7 +21,9 @@ only, and does as little as it can while the crashed process waits:
 4. **The core** is drained from stdin (all of it: the kernel waits for that)
    into ``spool/ID.core.zst``, created with O_EXCL|O_NOFOLLOW relative to the
    checked store, compressed with zstd (level 3) and fsynced.
-5. **The record** goes into SQLite (WAL, one short IMMEDIATE transaction).
+5. **The record** goes into SQLite (WAL, one short IMMEDIATE transaction); when the
+   database cannot be used, beside the core (``spool/ID.record.json``), and the core is
+   kept all the same.
 6. **The analysis** (the crash report, the signature) is left to a separate,
    unprivileged process (``redhand crashes analyze``), started detached.
 """
@@ -30,11 +32,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import sys
 import time
 from typing import BinaryIO
 
-from redhand.collect.store import DEFAULT_STORE, SPOOL, StoreError, connect, open_store
+from redhand.collect.store import (
+    DEFAULT_STORE,
+    SPOOL,
+    StoreError,
+    connect,
+    insert,
+    open_store,
+    write_pending,
+)
 
 _CHUNK = 1 << 20
 _PROC_LIMIT = 64 << 10
@@ -131,6 +142,8 @@ def _room(store_fd: int, connection: object) -> str | None:
     free = space.f_bavail * space.f_frsize
     if total and free < KEEP_FREE * total:
         return f"the file system has {free >> 20} MiB free, under {KEEP_FREE:.0%}"
+    if connection is None:
+        return None  # the store's size is in the database
     used = connection.execute(  # type: ignore[attr-defined]
         "SELECT COALESCE(SUM(core_stored), 0) FROM crashes WHERE core IS NOT NULL"
     ).fetchone()[0]
@@ -242,7 +255,12 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
         return 1
     try:
         identity, facts = _identity(args)
-        connection = connect(store_fd)
+        connection: sqlite3.Connection | None = None
+        trouble = None  # why the database could not be used: the record goes beside the core
+        try:
+            connection = connect(store_fd)
+        except sqlite3.Error as error:
+            trouble = f"the crash database could not be used ({error})"
         limit = _number(args["core_limit"])
         limit = MAX_CORE if limit is None or limit < 0 else min(limit, MAX_CORE)
         note = None
@@ -250,7 +268,7 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
             note = "the core size limit (RLIMIT_CORE) was 0"
         if note is None:
             note = _room(store_fd, connection)
-        if note is None:
+        if note is None and connection is not None:
             # The program: its executable when the pidfd told it, else its command name.
             recent = connection.execute(
                 "SELECT COUNT(*) FROM crashes WHERE COALESCE(exe, comm) = ? AND collected > ? "
@@ -306,12 +324,16 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
             "note": note,
             "status": "collected",
         }
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        connection.execute("BEGIN IMMEDIATE")
-        connection.execute(f"INSERT INTO crashes ({columns}) VALUES ({marks})", tuple(row.values()))
-        connection.execute("COMMIT")
-        connection.close()
+        if connection is not None:
+            try:
+                insert(connection, row)
+            except sqlite3.Error as error:
+                trouble = f"the crash database could not be used ({error})"
+            finally:
+                connection.close()
+        if trouble is not None:
+            row["note"] = "; ".join(str(n) for n in (row["note"], trouble) if n)
+            write_pending(store_fd, row)
     finally:
         os.close(store_fd)
     # The kernel starts the collector with no standard output or error at all.

@@ -109,18 +109,34 @@ def _check(fd: int, path: str) -> None:
         raise StoreError(0, f"{path} is open to others (mode {info.st_mode & 0o777:o}, not 700)")
 
 
-def connect(store_fd: int) -> sqlite3.Connection:
-    """The crash database of a checked store (through its descriptor: no path is followed)."""
+def connect(store_fd: int, patience: float = 30.0) -> sqlite3.Connection:
+    """The crash database of a checked store (through its descriptor: no path is followed).
+
+    Many collectors may open a new store at once: switching it to WAL and creating the
+    tables can fail with "database is locked" before SQLite's busy handler is asked, so
+    that is tried again, for ``patience`` seconds."""
     database = f"/proc/self/fd/{store_fd}/{DATABASE}"
-    connection = sqlite3.connect(database, timeout=30.0, isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.execute("PRAGMA busy_timeout=30000")
-    connection.executescript(_SCHEMA)
-    connection.execute(
-        "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-    )
-    return connection
+    deadline = time.monotonic() + patience
+    delay = 0.005
+    while True:
+        connection = sqlite3.connect(database, timeout=patience, isolation_level=None)
+        try:
+            connection.execute("PRAGMA busy_timeout=30000")
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.executescript(_SCHEMA)
+            connection.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+            return connection
+        except sqlite3.OperationalError as error:
+            connection.close()
+            busy = "locked" in str(error) or "busy" in str(error)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (1 + int.from_bytes(os.urandom(1), "little") / 255))
+            delay = min(delay * 2, 0.2)
 
 
 def stamp(seconds: float | None) -> str:
@@ -128,3 +144,93 @@ def stamp(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(seconds)))
+
+
+def insert(connection: sqlite3.Connection, row: dict[str, object]) -> None:
+    """A crash's record, in one short transaction."""
+    columns = ", ".join(row)
+    marks = ", ".join("?" for _ in row)
+    connection.execute("BEGIN IMMEDIATE")
+    connection.execute(
+        f"INSERT OR IGNORE INTO crashes ({columns}) VALUES ({marks})", tuple(row.values())
+    )
+    connection.execute("COMMIT")
+
+
+_PENDING = ".record.json"
+_COLUMNS = frozenset(
+    [
+        "id",
+        "time",
+        "collected",
+        "pid",
+        "tid",
+        "ns_pid",
+        "ns_tid",
+        "signal",
+        "uid",
+        "gid",
+        "dump_mode",
+        "core_limit",
+        "hostname",
+        "comm",
+        "exe",
+        "cmdline",
+        "identity",
+        "core",
+        "core_bytes",
+        "core_stored",
+        "truncated",
+        "note",
+        "status",
+    ]
+)
+
+
+def write_pending(store_fd: int, row: dict[str, object]) -> None:
+    """A record the database could not take, kept beside the cores (``spool/ID.record.json``)
+    until :func:`import_pending` moves it in."""
+    import json
+
+    spool = os.open(SPOOL, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=store_fd)
+    try:
+        fd = os.open(
+            f"{row['id']}{_PENDING}",
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=spool,
+        )
+        with os.fdopen(fd, "w") as file:
+            json.dump(row, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.fsync(spool)
+    finally:
+        os.close(spool)
+
+
+def import_pending(store_fd: int, connection: sqlite3.Connection) -> int:
+    """The records kept beside the cores while the database could not be used, moved into
+    it; how many.  A file that is not such a record is left where it is."""
+    import json
+
+    spool = os.open(SPOOL, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=store_fd)
+    moved = 0
+    try:
+        for name in os.listdir(spool):
+            if not name.endswith(_PENDING):
+                continue
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=spool)
+                with os.fdopen(fd) as file:
+                    row = json.loads(file.read(1 << 20))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(row, dict) or not set(row) <= _COLUMNS or "id" not in row:
+                continue
+            insert(connection, row)
+            os.unlink(name, dir_fd=spool)
+            moved += 1
+    finally:
+        os.close(spool)
+    return moved
