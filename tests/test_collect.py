@@ -630,6 +630,21 @@ def test_a_fleet_in_postgresql(tmp_path: Path, postgresql: str) -> None:
     assert sorted(b["count"] for b in one_host) == [1, 1]
     text = crashes(tmp_path / "store-web1", "--db", postgresql).stdout
     assert "HOSTS" in text and "store_value | process_null" in text
+    # The fleet's crashes, and one crash's report, by a prefix of its id.
+    listed_crashes = json.loads(crashes(tmp_path, "--db", postgresql, "list", "--json").stdout)
+    fleet = listed_crashes["crashes"]
+    assert len(fleet) == 4 and {c["host"] for c in fleet} == {"web1", "web2"}
+    one = next(c for c in fleet if c["kind"] == "null-dereference")
+    shown = json.loads(
+        crashes(tmp_path, "--db", postgresql, "show", one["id"][:10], "--json").stdout
+    )
+    assert shown["id"] == one["id"] and shown["host"] == one["host"]
+    assert shown["report"]["crash"]["signal"] == signal.SIGSEGV
+    text = crashes(tmp_path, "--db", postgresql, "show", one["id"]).stdout
+    assert f"on {one['host']}" in text and "store_value" in text
+    refused = crashes(tmp_path, "--db", postgresql, "dump", one["id"], "-o", str(tmp_path / "x"))
+    assert refused.returncode == 2 and "not with --db" in refused.stderr
+    assert crashes(tmp_path, "--db", postgresql, "show", "f" * 32).returncode == 3
 
 
 @contextlib.contextmanager

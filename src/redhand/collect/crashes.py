@@ -10,7 +10,7 @@
     redhand crashes du                                    the store's size
     redhand crashes prune [--cores-older-than 30d] [--records-older-than 180d]
     redhand crashes push --to postgresql://...            send the analyzed crashes to a fleet
-    redhand crashes --db postgresql://... [FILTERS]       the fleet's buckets (--host to filter)
+    redhand crashes --db URL [list|show ID] [FILTERS]     the fleet's buckets or crashes (--host)
     redhand crashes [--db URL] serve [--listen 127.0.0.1] [--port 8420]  a read-only web page
 
 FILTERS: ``--exe PATH-OR-NAME``, ``--pid N``, ``--kind KIND``, ``--since``
@@ -30,11 +30,16 @@ import os
 import sqlite3
 import sys
 import time
+from typing import Any
 
 from redhand.collect.query import (
     CrashBucket,
     CrashFilter,
+    CrashRecord,
+    crash_frames,
     fleet_buckets,
+    fleet_list,
+    fleet_record,
     store_buckets,
     store_list,
 )
@@ -125,7 +130,7 @@ def main(argv: list[str]) -> int:
     if args.verb == "serve":
         return _serve(args)
     if args.db:
-        return _fleet_buckets(args)
+        return _fleet(args)
     if args.verb == "analyze":
         from redhand.collect.analyze import analyze
 
@@ -234,12 +239,49 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fleet_buckets(args: argparse.Namespace) -> int:
+def _fleet(args: argparse.Namespace) -> int:
+    """``--db``: the fleet's buckets, its crashes, or one crash's report."""
+    verbs = {"buckets": _fleet_buckets, "list": _fleet_list, "show": _fleet_show}
+    verb = verbs.get(args.verb)
+    if verb is None:
+        print(
+            f"redhand crashes {args.verb}: not with --db (a fleet's database has buckets, "
+            "list and show, and serve; the rest works on a machine's store)",
+            file=sys.stderr,
+        )
+        return 2
     try:
-        found = fleet_buckets(args.db, _filter(args))
+        return verb(args)
     except Exception as error:  # the driver's errors: one line, not a traceback
         print(f"redhand crashes: {args.db}: {error}".splitlines()[0], file=sys.stderr)
         return _EXIT_DATABASE
+
+
+def _fleet_list(args: argparse.Namespace) -> int:
+    return _print_crashes(fleet_list(args.db, _filter(args)), args.json)
+
+
+def _fleet_show(args: argparse.Namespace) -> int:
+    if not args.ids:
+        print("redhand crashes show: a crash id is expected", file=sys.stderr)
+        return 2
+    record = fleet_record(args.db, args.ids[0])
+    if record is None:
+        print(f"redhand crashes: no crash {args.ids[0]!r} in {args.db}", file=sys.stderr)
+        return _EXIT_NOT_FOUND
+    if args.json:
+        print(json.dumps({"redhand": 1, "kind": "crash-record", "note": None, "core": None,
+                          **record}))  # fmt: skip
+        return 0
+    _print_record(
+        record["id"], record["exe"], record["time"], record["signature"], record["bucket"],
+        None, record["report"], record["host"],
+    )  # fmt: skip
+    return 0
+
+
+def _fleet_buckets(args: argparse.Namespace) -> int:
+    found = fleet_buckets(args.db, _filter(args))
     if args.json:
         document = [dataclasses.asdict(bucket) for bucket in found]
         print(json.dumps({"redhand": 1, "kind": "crash-buckets", "buckets": document}))
@@ -264,15 +306,19 @@ def _push(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
 
 
 def _list(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
-    found = store_list(connection, _filter(args))
-    if args.json:
+    return _print_crashes(store_list(connection, _filter(args)), args.json)
+
+
+def _print_crashes(found: list[CrashRecord], as_json: bool) -> int:
+    if as_json:
         crashes = [dataclasses.asdict(crash) for crash in found]
         print(json.dumps({"redhand": 1, "kind": "crash-list", "crashes": crashes}))
         return 0
     for crash in found:
         name = (crash.exe or crash.comm or "?").rsplit("/", 1)[-1]
+        host = f"  {crash.host}" if crash.host else ""
         print(
-            f"{crash.id[:12]}  {stamp(crash.time)}  pid {crash.pid}  signal {crash.signal}  "
+            f"{crash.id[:12]}  {stamp(crash.time)}{host}  pid {crash.pid}  signal {crash.signal}  "
             f"{name}  {crash.kind or crash.status}  bucket {(crash.bucket or '-')[:12]}  "
             f"core {'kept' if crash.core_kept else 'no'}"
             + (f"  ({crash.note})" if crash.note else "")
@@ -335,21 +381,29 @@ def _show(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
             )
         )
         return 0
-    print(f"crash {key} of {row[5] or '?'} at {stamp(row[6])}")
-    print(f"signature: {row[1] or '(not analyzed yet)'}\nbucket: {row[2] or '-'}")
-    if row[3]:
-        print(f"note: {row[3]}")
-    if report:
-        crash = report.get("crash") or {}
-        print(f"\n{crash.get('explanation', '')}\n")
-        for thread in report.get("threads", []):
-            if thread.get("tid") == crash.get("thread"):
-                for frame in thread.get("frames", [])[:30]:
-                    where = f" at {frame['file']}:{frame['line']}" if frame.get("file") else ""
-                    name = frame.get("function") or f"{frame.get('pc', 0):#x}"
-                    module = (frame.get("module") or "?").rsplit("/", 1)[-1]
-                    print(f"#{frame.get('index')}  {name}{where} ({module})")
+    _print_record(key, row[5], row[6], row[1], row[2], row[3], report)
     return 0
+
+
+def _print_record(
+    crash_id: str,
+    exe: str | None,
+    when: float,
+    signature: str | None,
+    bucket: str | None,
+    note: str | None,
+    report: dict[str, Any] | None,
+    host: str | None = None,
+) -> None:
+    on = f" on {host}" if host else ""
+    print(f"crash {crash_id} of {exe or '?'} at {stamp(when)}{on}")
+    print(f"signature: {signature or '(not analyzed yet)'}\nbucket: {bucket or '-'}")
+    if note:
+        print(f"note: {note}")
+    if report:
+        print(f"\n{(report.get('crash') or {}).get('explanation', '')}\n")
+        for frame in crash_frames(report, 30):
+            print(f"#{frame['index']}  {frame['name']}{frame['where']} ({frame['module']})")
 
 
 def _list_bucket(connection: sqlite3.Connection, key: str, args: argparse.Namespace) -> int:

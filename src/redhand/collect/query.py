@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 from redhand.collect.store import DEFAULT_STORE, connect, open_store
 
@@ -88,6 +89,7 @@ class CrashRecord:
     core_kept: bool
     status: str
     note: str | None
+    host: str | None = None  # from a fleet's database
 
 
 def _store(store: str) -> sqlite3.Connection:
@@ -139,6 +141,74 @@ def store_list(connection: sqlite3.Connection, filter: CrashFilter) -> list[Cras
         CrashRecord(crash_id, when, pid, sig, exe, comm, kind, bucket, bool(kept), status, note)
         for crash_id, when, pid, sig, exe, comm, kind, bucket, kept, status, note in rows
     ]
+
+
+def fleet_list(url: str, filter: CrashFilter) -> list[CrashRecord]:
+    """The crashes of a fleet's PostgreSQL, the newest first (all analyzed: only those are
+    sent)."""
+    from redhand.collect.fleet import connect, migrate
+
+    where, values = filter.where("%s", "EXTRACT(EPOCH FROM time)")
+    connection = connect(url)
+    try:
+        migrate(connection)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id, EXTRACT(EPOCH FROM time)::float8, pid, signal, exe, comm, kind, "
+                f"bucket, core_kept, host FROM redhand_crashes WHERE {where} "
+                "ORDER BY time DESC",
+                values,
+            )
+            rows = cursor.fetchall()
+    finally:
+        connection.close()
+    return [
+        CrashRecord(i, t, pid, sig, exe, comm, kind, bucket, bool(kept), "analyzed", None, host)
+        for i, t, pid, sig, exe, comm, kind, bucket, kept, host in rows
+    ]
+
+
+def fleet_record(url: str, text: str) -> dict[str, Any] | None:
+    """A crash of a fleet's database by its id or a unique prefix: its fields and report
+    (None when no crash, or more than one, has that prefix)."""
+    from redhand.collect.fleet import connect
+
+    connection = connect(url)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT id, host, EXTRACT(EPOCH FROM time)::float8, exe, signature, bucket, "
+                "core_kept, report FROM redhand_crashes WHERE id LIKE %s LIMIT 2",
+                (text.replace("%", "") + "%",),
+            )
+            rows = cursor.fetchall()
+    finally:
+        connection.close()
+    if len(rows) != 1:
+        return None
+    keys = ("id", "host", "time", "exe", "signature", "bucket", "core_kept", "report")
+    return dict(zip(keys, rows[0], strict=True))
+
+
+def crash_frames(report: dict[str, Any], limit: int = 40) -> list[dict[str, object]]:
+    """The crashing thread's frames of a crash report, as ``crashes show`` and the web page
+    list them: index, name, where (`` at file:line``) and module (its file name)."""
+    crash = report.get("crash") or {}
+    frames: list[dict[str, object]] = []
+    for thread in report.get("threads", []):
+        if thread.get("tid") != crash.get("thread"):
+            continue
+        for frame in thread.get("frames", [])[:limit]:
+            where = f" at {frame['file']}:{frame['line']}" if frame.get("file") else ""
+            frames.append(
+                {
+                    "index": frame.get("index"),
+                    "name": frame.get("function") or f"{frame.get('pc', 0):#x}",
+                    "where": where,
+                    "module": (frame.get("module") or "?").rsplit("/", 1)[-1],
+                }
+            )
+    return frames
 
 
 def crash_buckets(

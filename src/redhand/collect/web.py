@@ -21,7 +21,13 @@ from typing import Any
 
 from redhand.collect.fleet import connect as fleet_connect
 from redhand.collect.fleet import migrate
-from redhand.collect.query import CrashBucket, CrashFilter, fleet_buckets, store_buckets
+from redhand.collect.query import (
+    CrashBucket,
+    CrashFilter,
+    crash_frames,
+    fleet_buckets,
+    store_buckets,
+)
 from redhand.collect.store import connect, open_store, stamp
 
 _PAGE = """<!doctype html>
@@ -252,26 +258,6 @@ def _program(exe: str | None) -> str:
     return (exe or "?").rsplit("/", 1)[-1]
 
 
-def _frames(report: dict[str, Any]) -> list[dict[str, object]]:
-    """The crashing thread's frames, as the page lists them."""
-    crash = report.get("crash") or {}
-    frames: list[dict[str, object]] = []
-    for thread in report.get("threads", []):
-        if thread.get("tid") != crash.get("thread"):
-            continue
-        for frame in thread.get("frames", [])[:40]:
-            where = f" at {frame['file']}:{frame['line']}" if frame.get("file") else ""
-            frames.append(
-                {
-                    "index": frame.get("index"),
-                    "name": frame.get("function") or f"{frame.get('pc', 0):#x}",
-                    "where": where,
-                    "module": _program(frame.get("module")),
-                }
-            )
-    return frames
-
-
 def make_app(source: Source) -> Any:
     """The Flask application serving ``source`` (a store or a fleet's database)."""
     from flask import Flask, abort, render_template_string, request
@@ -286,7 +272,7 @@ def make_app(source: Source) -> Any:
         if not report:
             return None
         explanation = (report.get("crash") or {}).get("explanation", "")
-        return render_template_string(_REPORT, explanation=explanation, frames=_frames(report))
+        return render_template_string(_REPORT, explanation=explanation, frames=crash_frames(report))
 
     @app.get("/")
     def buckets() -> str:
