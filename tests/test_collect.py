@@ -228,6 +228,64 @@ def test_the_identity_comes_from_the_pidfd_and_a_reused_pid_is_not_believed(
     assert second["identity"] == "none" and second["exe"] is None
 
 
+def test_a_crash_in_another_pid_namespace_says_which(a_core: Path, tmp_path: Path) -> None:
+    """A process in a pid namespace of its own (as in a container): the record names the
+    namespace, and its cgroup; `crashes list` shows it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    store = tmp_path / "store"
+    with subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--", "sleep", "60"], start_new_session=True
+    ) as outer:
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            inner = None
+            while inner is None:  # the sleep that unshare forked, in the new namespace
+                children = Path(f"/proc/{outer.pid}/task/{outer.pid}/children").read_text()
+                inner = int(children.split()[0]) if children.split() else None
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            while Path(f"/proc/{inner}/comm").read_text().strip() != "sleep":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            namespace = os.readlink(f"/proc/{inner}/ns/pid").strip("pid:[]")
+            pidfd = os.pidfd_open(inner)
+            try:
+                collect(store, a_core, pid=inner, comm="sleep", pidfd=pidfd)
+            finally:
+                os.close(pidfd)
+        finally:
+            os.killpg(outer.pid, signal.SIGKILL)
+    (row,) = rows(store)
+    assert row["container"] == f"pid namespace {namespace}"
+    paths = [line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()]
+    assert row["cgroup"] in [p for p in paths if p not in ("", "/")] or (
+        row["cgroup"] is None and set(paths) <= {"", "/"}
+    )
+    listed = crashes(store, "list")
+    assert f"[pid namespace {namespace}]" in listed.stdout
+    document = json.loads(crashes(store, "list", "--json").stdout)
+    assert document["crashes"][0]["container"] == f"pid namespace {namespace}"
+
+
+def test_a_store_of_the_first_schema_is_migrated(a_core: Path, tmp_path: Path) -> None:
+    """A store made before the container columns: the next collector adds them, once, and
+    the old records stay."""
+    store = tmp_path / "store"
+    first = collect(store, a_core)
+    with contextlib.closing(sqlite3.connect(store / "crashes.db")) as database:
+        database.execute("ALTER TABLE crashes DROP COLUMN container")
+        database.execute("ALTER TABLE crashes DROP COLUMN cgroup")
+        database.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
+        database.commit()
+    second = collect(store, a_core)
+    assert {row["id"] for row in rows(store)} == {first, second}
+    assert "container" in rows(store)[0]
+    with contextlib.closing(sqlite3.connect(store / "crashes.db")) as database:
+        (version,) = database.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+    assert version == "2"
+
+
 @pytest.mark.parametrize("limit", ["0", "65536"])
 def test_the_core_size_limit_is_honoured_and_the_record_kept(
     a_core: Path, tmp_path: Path, limit: str

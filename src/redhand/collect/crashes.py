@@ -275,7 +275,7 @@ def _fleet_show(args: argparse.Namespace) -> int:
         return 0
     _print_record(
         record["id"], record["exe"], record["time"], record["signature"], record["bucket"],
-        None, record["report"], record["host"],
+        None, record["report"], record["host"], record["container"],
     )  # fmt: skip
     return 0
 
@@ -317,6 +317,7 @@ def _print_crashes(found: list[CrashRecord], as_json: bool) -> int:
     for crash in found:
         name = (crash.exe or crash.comm or "?").rsplit("/", 1)[-1]
         host = f"  {crash.host}" if crash.host else ""
+        host += f"  [{crash.container}]" if crash.container else ""
         print(
             f"{crash.id[:12]}  {stamp(crash.time)}{host}  pid {crash.pid}  signal {crash.signal}  "
             f"{name}  {crash.kind or crash.status}  bucket {(crash.bucket or '-')[:12]}  "
@@ -362,7 +363,9 @@ def _show(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
         args.kind = None
         return _list_bucket(connection, key, args)
     row = connection.execute(
-        "SELECT report, signature, bucket, note, core, exe, time FROM crashes WHERE id = ?", (key,)
+        "SELECT report, signature, bucket, note, core, exe, time, container FROM crashes "
+        "WHERE id = ?",
+        (key,),
     ).fetchone()
     report = json.loads(zstandard.ZstdDecompressor().decompress(row[0])) if row[0] else None
     if args.json:
@@ -376,12 +379,13 @@ def _show(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
                     "bucket": row[2],
                     "note": row[3],
                     "core": row[4],
+                    "container": row[7],
                     "report": report,
                 }
             )
         )
         return 0
-    _print_record(key, row[5], row[6], row[1], row[2], row[3], report)
+    _print_record(key, row[5], row[6], row[1], row[2], row[3], report, container=row[7])
     return 0
 
 
@@ -394,9 +398,12 @@ def _print_record(
     note: str | None,
     report: dict[str, Any] | None,
     host: str | None = None,
+    container: str | None = None,
 ) -> None:
     on = f" on {host}" if host else ""
     print(f"crash {crash_id} of {exe or '?'} at {stamp(when)}{on}")
+    if container:
+        print(f"container: {container}")
     print(f"signature: {signature or '(not analyzed yet)'}\nbucket: {bucket or '-'}")
     if note:
         print(f"note: {note}")

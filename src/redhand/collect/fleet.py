@@ -39,6 +39,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE redhand_crashes ADD COLUMN IF NOT EXISTS report jsonb;
     """,
+    # 3: the container a crash was in
+    """
+    ALTER TABLE redhand_crashes ADD COLUMN IF NOT EXISTS container text;
+    """,
 ]
 
 
@@ -76,7 +80,7 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
     host = host or socket.gethostname()
     rows = store_connection.execute(
         "SELECT id, time, pid, signal, uid, exe, comm, kind, bucket, signature, sig_version, "
-        "core_bytes, core IS NOT NULL, report FROM crashes WHERE status = 'analyzed'"
+        "core_bytes, core IS NOT NULL, container, report FROM crashes WHERE status = 'analyzed'"
     ).fetchall()
     decompress = zstandard.ZstdDecompressor().decompress
     connection = connect(url)
@@ -89,10 +93,10 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
                 document = json.loads(decompress(report)) if report else None
                 cursor.execute(
                     "INSERT INTO redhand_crashes (id, host, time, pid, signal, uid, exe, comm, "
-                    "kind, bucket, signature, sig_version, core_bytes, core_kept, report) "
-                    "VALUES (%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s) ON CONFLICT (id) DO NOTHING",
-                    (fields[0], host, *fields[1:12], bool(fields[12]),
+                    "kind, bucket, signature, sig_version, core_bytes, core_kept, container, "
+                    "report) VALUES (%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    (fields[0], host, *fields[1:12], bool(fields[12]), fields[13],
                      json.dumps(document) if document is not None else None),
                 )  # fmt: skip
                 sent += cursor.rowcount

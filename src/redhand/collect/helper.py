@@ -102,7 +102,7 @@ def _read_proc(pid: int, name: str) -> bytes | None:
 def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
     """('pidfd', 'pidfd_open' or 'none'; what /proc said while the pidfd named the process)."""
     pid = _number(args["pid"])
-    facts: dict[str, str | None] = {"exe": None, "cmdline": None}
+    facts: dict[str, str | None] = {"exe": None, "cmdline": None, "cgroup": None, "container": None}
     if pid is None or pid <= 0:
         return "none", facts
     pidfd = _number(args["pidfd"]) if args["pidfd"] else None
@@ -124,8 +124,17 @@ def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
         with contextlib.suppress(OSError):
             exe = os.readlink(f"/proc/{pid}/exe")
         cmdline = _read_proc(pid, "cmdline")
+        cgroups = _read_proc(pid, "cgroup")
+        namespace = None
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid"):
+                namespace = os.readlink(f"/proc/{pid}/ns/pid")
         if _pidfd_pid(pidfd) != pid:  # the process went away while /proc was read
             return "none", facts
+        if cgroups is not None:
+            facts["cgroup"], facts["container"] = _container(cgroups.decode("utf-8", "replace"))
+        if facts["container"] is None and namespace is not None:
+            facts["container"] = "pid namespace " + namespace.strip("pid:[]")
         facts["exe"] = exe
         if cmdline is not None:
             facts["cmdline"] = cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
@@ -133,6 +142,41 @@ def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
     finally:
         if how == "pidfd_open":
             os.close(pidfd)
+
+
+# Where container engines put a container's cgroup: (a path component's start, its end,
+# the engine).  The part between is the container's id (or name).
+_ENGINES = (
+    ("docker-", ".scope", "docker"),
+    ("cri-containerd-", ".scope", "containerd"),
+    ("crio-", ".scope", "cri-o"),
+    ("libpod-", ".scope", "podman"),
+    ("lxc.payload.", "", "lxc"),
+    ("machine-", ".scope", "systemd-nspawn"),
+)
+_PARENTS = {"docker": "docker", "lxc": "lxc", "libpod_parent": "podman"}  # /docker/ID, ...
+
+
+def _container(cgroups: str) -> tuple[str | None, str | None]:
+    """(the process's cgroup path, the container it is in: 'docker 0123456789ab') from
+    /proc/PID/cgroup; the unified hierarchy's path, else the first one that is not /."""
+    entries = [line.split(":", 2) for line in cgroups.splitlines() if line.count(":") >= 2]
+    paths = [path for _number, _controllers, path in entries]
+    unified = [path for number, _controllers, path in entries if number == "0"]
+    chosen = next((p for p in unified + paths if p not in ("", "/")), None)
+    for path in paths:
+        parts = [part for part in path.split("/") if part]
+        for index, part in enumerate(parts):
+            for start, end, engine in _ENGINES:
+                if part.startswith(start) and part.endswith(end) and len(part) > len(start + end):
+                    name = part[len(start) : len(part) - len(end) if end else None]
+                    return chosen, f"{engine} {name[:12] if engine != 'lxc' else name}"
+            parent = _PARENTS.get(part)
+            if parent is not None and index + 1 < len(parts):
+                return chosen, f"{parent} {parts[index + 1][:12]}"
+        if "kubepods" in parts:
+            return chosen, f"kubernetes {parts[-1][-12:]}"
+    return chosen, None
 
 
 def _room(store_fd: int, connection: object) -> str | None:
@@ -316,6 +360,8 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
             "comm": args["comm"] or None,
             "exe": facts["exe"],
             "cmdline": facts["cmdline"],
+            "cgroup": facts["cgroup"],
+            "container": facts["container"],
             "identity": identity,
             "core": f"{SPOOL}/{core_name}" if core_name else None,
             "core_bytes": read,

@@ -89,6 +89,7 @@ class CrashRecord:
     core_kept: bool
     status: str
     note: str | None
+    container: str | None = None  # 'docker 0123456789ab', 'pid namespace 4026532000', ...
     host: str | None = None  # from a fleet's database
 
 
@@ -133,14 +134,16 @@ def store_list(connection: sqlite3.Connection, filter: CrashFilter) -> list[Cras
     """The crashes of a store, the newest first."""
     where, values = filter.where()
     rows = connection.execute(
-        "SELECT id, time, pid, signal, exe, comm, kind, bucket, core IS NOT NULL, status, note "
-        f"FROM crashes WHERE {where} ORDER BY time DESC",
+        "SELECT id, time, pid, signal, exe, comm, kind, bucket, core IS NOT NULL, status, note, "
+        f"container FROM crashes WHERE {where} ORDER BY time DESC",
         values,
     ).fetchall()
     return [
-        CrashRecord(crash_id, when, pid, sig, exe, comm, kind, bucket, bool(kept), status, note)
-        for crash_id, when, pid, sig, exe, comm, kind, bucket, kept, status, note in rows
-    ]
+        CrashRecord(crash_id, when, pid, sig, exe, comm, kind, bucket, bool(kept), status, note,
+                    container)
+        for crash_id, when, pid, sig, exe, comm, kind, bucket, kept, status, note, container
+        in rows
+    ]  # fmt: skip
 
 
 def fleet_list(url: str, filter: CrashFilter) -> list[CrashRecord]:
@@ -155,7 +158,7 @@ def fleet_list(url: str, filter: CrashFilter) -> list[CrashRecord]:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT id, EXTRACT(EPOCH FROM time)::float8, pid, signal, exe, comm, kind, "
-                f"bucket, core_kept, host FROM redhand_crashes WHERE {where} "
+                f"bucket, core_kept, container, host FROM redhand_crashes WHERE {where} "
                 "ORDER BY time DESC",
                 values,
             )
@@ -163,8 +166,10 @@ def fleet_list(url: str, filter: CrashFilter) -> list[CrashRecord]:
     finally:
         connection.close()
     return [
-        CrashRecord(i, t, pid, sig, exe, comm, kind, bucket, bool(kept), "analyzed", None, host)
-        for i, t, pid, sig, exe, comm, kind, bucket, kept, host in rows
+        CrashRecord(
+            i, t, pid, sig, exe, comm, kind, bucket, bool(kept), "analyzed", None, container, host
+        )
+        for i, t, pid, sig, exe, comm, kind, bucket, kept, container, host in rows
     ]
 
 
@@ -178,7 +183,7 @@ def fleet_record(url: str, text: str) -> dict[str, Any] | None:
         with connection.cursor() as cursor:
             cursor.execute(
                 "SELECT id, host, EXTRACT(EPOCH FROM time)::float8, exe, signature, bucket, "
-                "core_kept, report FROM redhand_crashes WHERE id LIKE %s LIMIT 2",
+                "core_kept, container, report FROM redhand_crashes WHERE id LIKE %s LIMIT 2",
                 (text.replace("%", "") + "%",),
             )
             rows = cursor.fetchall()
@@ -186,7 +191,7 @@ def fleet_record(url: str, text: str) -> dict[str, Any] | None:
         connection.close()
     if len(rows) != 1:
         return None
-    keys = ("id", "host", "time", "exe", "signature", "bucket", "core_kept", "report")
+    keys = ("id", "host", "time", "exe", "signature", "bucket", "core_kept", "container", "report")
     return dict(zip(keys, rows[0], strict=True))
 
 

@@ -24,7 +24,7 @@ import time
 DEFAULT_STORE = "/var/lib/redhand"
 DATABASE = "crashes.db"
 SPOOL = "spool"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS crashes (
@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS crashes (
     dump_mode INTEGER,              -- %d: 1 the process's user may read it, 2 root only
     core_limit INTEGER,             -- %c, RLIMIT_CORE when it crashed
     hostname TEXT, comm TEXT, exe TEXT, cmdline TEXT,
+    cgroup TEXT,                    -- its cgroup (the unified hierarchy's, else the first)
+    container TEXT,                 -- 'docker 0123456789ab', 'pid namespace 4026532000', ...
     identity TEXT,                  -- 'pidfd' (from the kernel), 'pidfd_open' or 'none'
     core TEXT,                      -- the core's file in the spool, or NULL
     core_bytes INTEGER,             -- bytes of core read from the kernel
@@ -129,6 +131,7 @@ def connect(store_fd: int, patience: float = 30.0) -> sqlite3.Connection:
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            _migrate(connection)
             return connection
         except sqlite3.OperationalError as error:
             connection.close()
@@ -137,6 +140,37 @@ def connect(store_fd: int, patience: float = 30.0) -> sqlite3.Connection:
                 raise
             time.sleep(delay * (1 + int.from_bytes(os.urandom(1), "little") / 255))
             delay = min(delay * 2, 0.2)
+
+
+# The statements that bring a store of the version before up to each version.
+_MIGRATIONS = {
+    2: [
+        "ALTER TABLE crashes ADD COLUMN cgroup TEXT",
+        "ALTER TABLE crashes ADD COLUMN container TEXT",
+    ],
+}
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """An older store's tables brought up to :data:`SCHEMA_VERSION`, once, under the write
+    lock (collectors may all try at once)."""
+
+    def version() -> int:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        return int(row[0]) if row and str(row[0]).isdigit() else SCHEMA_VERSION
+
+    if version() >= SCHEMA_VERSION:
+        return
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for step in range(version() + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[step]:
+                connection.execute(statement)
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(SCHEMA_VERSION),))
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
 
 
 def stamp(seconds: float | None) -> str:
@@ -176,6 +210,8 @@ _COLUMNS = frozenset(
         "comm",
         "exe",
         "cmdline",
+        "cgroup",
+        "container",
         "identity",
         "core",
         "core_bytes",
