@@ -7,7 +7,7 @@ the core with ``gcore`` at the fatal signal), and dumped alive with gdb's
 ``gcore``.  On each core, redhand's threads, tids, registers, signal
 information, mappings, build-ids and backtraces are compared with what gdb
 reads from the same core (``thread apply all bt``, ``$_siginfo``); names are
-compared by alias (``helpers.names_match``: gdb prints DWARF names such as
+compared by alias (``gdb_oracle.names_match``: gdb prints DWARF names such as
 ``__GI___poll`` and inlined frames).
 
 Then the same core compressed (zstd, gzip, xz), moved and rebuilt
@@ -32,18 +32,17 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from gdb_oracle import compare_backtrace, read_build_id
 from helpers import (
     CoreCrash as Crash,
 )
 from helpers import (
     GdbCore,
-    compare_backtrace,
     compile_c,
     crash_into_core,
     gcore_of_live,
     gdb_core_at_signal,
     gdb_on_core,
-    read_build_id,
 )
 
 import redhand

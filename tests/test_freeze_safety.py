@@ -138,7 +138,9 @@ def test_interrupted_captures_never_leave_target_stopped(target: HeartbeatProgra
     captures = rounds = 0
     while_frozen: dict[int, int] = {signal.SIGINT: 0, signal.SIGTERM: 0, signal.SIGKILL: 0}
     target.assert_running("before")
-    while captures < CAPTURES or rounds < ROUNDS:
+    # Until each signal has also come while the target was frozen often enough: on a busy
+    # machine a slow round's freeze may end between the wait and the signal.
+    while captures < CAPTURES or rounds < ROUNDS or min(while_frozen.values()) < ROUNDS // 6:
         assert time.monotonic() - started < BUDGET, f"{rounds} rounds, {captures} captures"
         kind = next(kinds)
         slow = rounds % 2 == 1

@@ -30,12 +30,10 @@ from gcore_helpers import (
     lldb_core,
     run_redhand,
 )
+from gdb_oracle import CORE_TIMEOUT, compare_backtrace, is_subsequence
 from helpers import (
-    CORE_TIMEOUT,
-    compare_backtrace,
     compile_c,
     gdb_on_core,
-    is_subsequence,
     kernel_writes_cores_here,
     process_tids,
     thread_state,

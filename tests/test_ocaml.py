@@ -22,15 +22,14 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+from gdb_oracle import CORE_TIMEOUT, ocaml_function_name
 from helpers import (
-    CORE_TIMEOUT,
     SYS_READ,
     LiveProgram,
     check_against_unwinder,
     core_pattern,
     gdb_core_at_signal,
     kernel_writes_cores_here,
-    ocaml_function_name,
     ocamlopt,
 )
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CORE_TIMEOUT, LiveProgram, compile_c, thread_state, wait_until
+from gdb_oracle import CORE_TIMEOUT
+from helpers import LiveProgram, compile_c, thread_state, wait_until
 
 from redhand.cli import main
 from redhand.report.stack import summarize_names, summarize_tids

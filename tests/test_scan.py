@@ -22,15 +22,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import (
-    _GDB_PYTHON,
-    SYS_PAUSE,
-    LiveProgram,
-    compile_c,
-    crash_into_core,
-    parse_gdb_backtraces,
-    read_build_id,
-)
+from gdb_oracle import GDB_PYTHON, parse_gdb_backtraces, read_build_id
+from helpers import SYS_PAUSE, LiveProgram, compile_c, crash_into_core
 
 import redhand
 from redhand.cli import main
@@ -127,7 +120,7 @@ def _section_names(path: Path) -> set[str]:
 def _gdb_pcs(exe: Path, pid: int) -> list[int]:
     """gdb's frame pcs of the process's first thread, with ``exe`` for symbols and CFI."""
     script = exe.parent / "scan-gdb-frames.py"
-    script.write_text(_GDB_PYTHON)
+    script.write_text(GDB_PYTHON)
     argv = [
         "gdb", "-batch", "-nx", str(exe), "-p", str(pid),
         "-ex", "set pagination off",

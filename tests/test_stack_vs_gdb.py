@@ -14,7 +14,7 @@ What is asserted, per build and thread (``test_x[BUILD/THREAD]``):
   (checks the oracle and the program, not redhand);
 - test_thread_set: redhand's tids equal gdb's, /proc's and the program's;
   thread names equal gdb's and /proc's comm;
-- test_frames: names equal gdb's by the rules of ``helpers.names_match``,
+- test_frames: names equal gdb's by the rules of ``gdb_oracle.names_match``,
   frame by frame; pcs equal; the stack pointer of ordinary frames equal;
   ``inlined`` exactly where gdb has an inline frame; same number of frames.
   gdb's synthetic tail-call frames are not real frames and are left out;
@@ -32,7 +32,7 @@ What is asserted, per build and thread (``test_x[BUILD/THREAD]``):
 
 Where gdb's answer is not a fact about the stack, the comparison says so and
 uses the program's source instead: gdb's tail-call frames are dropped (they
-are made up from DWARF call-site records, see ``helpers.compare_backtrace``);
+are made up from DWARF call-site records, see ``gdb_oracle.compare_backtrace``);
 a spinning thread is compared from its first frame outside the spin loop;
 test_source_chain checks every trace against the source's call chain.  In
 the stripped build gdb has no names at all for the executable: the chain is
@@ -53,38 +53,40 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
-from helpers import (
+from gdb_oracle import (
     INLINED_FRAMES,
     SIGNAL_HANDLER_CALLED,
+    UNKNOWN_FUNCTION,
+    FrameLike,
+    GdbFrame,
+    GdbThread,
+    canonical_name,
+    compare_backtrace,
+    cxx_function_name,
+    function_ranges,
+    is_subsequence,
+    names_match,
+    ocaml_function_name,
+    parse_gdb_backtraces,
+    read_build_id,
+    run_gdb_backtraces,
+    rust_function_key,
+    same_function,
+)
+from helpers import (
     SYS_CLOCK_NANOSLEEP,
     SYS_EPOLL_WAIT,
     SYS_FUTEX,
     SYS_POLL,
     SYS_READ,
     SYS_RT_SIGSUSPEND,
-    UNKNOWN_FUNCTION,
-    FrameLike,
-    GdbFrame,
-    GdbThread,
     LiveProgram,
-    canonical_name,
-    compare_backtrace,
     compile_c,
-    cxx_function_name,
-    function_ranges,
-    is_subsequence,
     load_base,
     module_at,
-    names_match,
-    ocaml_function_name,
     ocamlopt,
-    parse_gdb_backtraces,
-    read_build_id,
     read_maps,
-    run_gdb_backtraces,
-    rust_function_key,
     rustc,
-    same_function,
     wait_until,
 )
 
