@@ -9,6 +9,8 @@ real eBPF, real seccomp filters; gdb reads the cores.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import resource
 import shutil
@@ -644,3 +646,82 @@ def test_tracefs_is_mounted_when_it_is_not(badclose: Path) -> None:
         assert result.returncode == 0, err
         assert "close(900) = -1 EBADF" in out
         program.finish()
+
+
+VFORK_WAIT = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static void *stuck(void *arg) {
+    (void)arg;
+    if (vfork() == 0) {  /* the thread waits in the kernel (state D) until this child ends */
+        pause();
+        _exit(0);
+    }
+    return NULL;
+}
+
+int main(void) {
+    pthread_t thread;
+    char line[16];
+    pthread_create(&thread, NULL, stuck, NULL);
+    if (fgets(line, sizeof line, stdin) == NULL)  /* the test: that thread is in D now */
+        return 2;
+    close(999);
+    pthread_join(thread, NULL);
+    return 0;
+}
+"""
+
+
+def test_a_thread_that_cannot_stop_does_not_hold_the_watch(tmp_path: Path) -> None:
+    """A thread in an uninterruptible wait (a vfork parent) stops only when it ends: the
+    watch holds the process without it after 5 s, says so, shows the other stacks, and
+    the program runs on."""
+    exe = compile_c(VFORK_WAIT, tmp_path, ["-O1", "-g", "-pthread"])
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "redhand", "watch", "close fails", "--json", "--", str(exe)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        program = child = None
+
+        def children(pid: int) -> list[int]:
+            found = []
+            for tid in states(pid):
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+                    found += [int(word) for word in text.split()]
+            return found
+
+        def in_vfork() -> bool:
+            nonlocal program, child
+            for pid in children(watcher.pid):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/exe") == str(exe) and children(pid):
+                        program, child = pid, children(pid)[0]
+                        return "D" in states(program).values()
+            return False
+
+        wait_until(in_vfork, "a thread waiting for its vfork child", timeout=TIMEOUT)
+        assert watcher.stdin is not None and watcher.stdout is not None
+        watcher.stdin.write("go\n")
+        watcher.stdin.flush()
+        document = json.loads(watcher.stdout.readline())
+        assert child is not None
+        os.kill(child, signal.SIGKILL)  # the vfork child: the program can end now
+        assert watcher.wait(timeout=TIMEOUT) == 0, watcher.stderr.read() if watcher.stderr else ""
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    (warning,) = document["warnings"]
+    assert "did not stop (state D" in warning
+    by_state = {thread["state"]: thread for thread in document["threads"]}
+    assert by_state["D"]["frames"] == []
+    assert any(frame["function"] == "main" for frame in by_state["T"]["frames"])
+    assert 4e9 < document["timing"]["stopped_ns"] < 30e9  # gave up after 5 s, not at the end

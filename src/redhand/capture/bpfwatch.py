@@ -457,14 +457,17 @@ class BpfBackend:
         pid = first.pid
         # A thread in an uninterruptible sleep stops late: after the wait, capture anyway.
         procfs.wait_all_stopped(pid, _STOP_WAIT_SECONDS)
-        if not procfs.thread_states(pid):
+        states = procfs.thread_states(pid)
+        if not states:
             self._stopped_by_us.discard(pid)
             self.guard.release(pid)
             raise ProcessExited(pid, f"process {pid} exited at the event")
         stopped_ns = time.monotonic_ns() - (first.kernel_ns or time.monotonic_ns())
         if self.ring_has_more(pid):
             hits = hits + self._claim(pid)
-        return Held(pid, first, list(hits[1:]), max(stopped_ns, 0), launched=False)
+        held = Held(pid, first, list(hits[1:]), max(stopped_ns, 0), launched=False)
+        held.late = {tid: state for tid, state in states.items() if state not in "tTZX"}
+        return held
 
     def ring_has_more(self, pid: int) -> bool:
         assert self._ring is not None

@@ -70,6 +70,7 @@ _SYSCALL_INFO_SIZE = 88
 _RVAL = struct.Struct("<q")
 _OP_AND_RVAL = struct.Struct("<B23xq")  # ptrace_syscall_info: op, then the exit's rval at 24
 _SETTLE_SECONDS = 2.0
+_STOP_WAIT_SECONDS = 5.0  # for every thread's stop at a hit (as the eBPF backend waits)
 # Signals redhand itself sends in a hand-off (SIGSTOP, SIGCONT), and the job-control stops.
 _BOOKKEEPING_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGCONT, *_STOP_SIGNALS})
 
@@ -152,6 +153,14 @@ def _install_filter(program: bytes) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")
 
 
+def _state(pid: int, tid: int) -> str:
+    """A thread's state as /proc says it (D: uninterruptible), or 'gone'."""
+    try:
+        return procfs.read_stat(pid, tid).state
+    except ProcessError:
+        return "gone"
+
+
 @dataclass
 class Held:
     """A process brought to a group-stop and detached, for the actions."""
@@ -163,6 +172,7 @@ class Held:
     launched: bool
     stashed: dict[int, bytes] = field(default_factory=dict)  # tid -> siginfo to deliver again
     let_go_ns: int | None = None  # when it was let go before the actions ended (perf_counter)
+    late: dict[int, str] = field(default_factory=dict)  # tid -> its state: it did not stop
 
 
 @dataclass
@@ -699,11 +709,23 @@ class PtraceBackend:
             ptrace.tgkill(pid, tid, signal.SIGSTOP)
             self._ptrace(ptrace.PTRACE_CONT, tid, 0)
         stopped: set[int] = set()
+        # Bounded: a thread in an uninterruptible sleep (an NFS server gone, a vfork parent)
+        # stops only when it leaves it.  Polled: the stops come within microseconds.
+        deadline = time.monotonic() + _STOP_WAIT_SECONDS
+        pause = 0.0
         while process.tids - stopped:
             if self.pending and self.tgid_of.get(self.pending[0][0]) == pid:
                 got, status = self.pending.popleft()
             else:
-                got = ptrace._blocking_waitpid(-1, self._status_ref, ptrace.WALL)
+                got = ptrace._blocking_waitpid(-1, self._status_ref, ptrace.WALL | os.WNOHANG)
+                if got == 0:
+                    if time.monotonic() > deadline:
+                        held.late = {tid: _state(pid, tid) for tid in process.tids - stopped}
+                        break
+                    time.sleep(pause)
+                    pause = min(pause * 2 or 0.00005, 0.005)
+                    continue
+                pause = 0.0
                 if got == -1:
                     err = ptrace.get_errno()
                     if err == errno_module.EINTR:
@@ -737,9 +759,11 @@ class PtraceBackend:
             if pid not in self.processes:
                 raise ProcessExited(pid, f"process {pid} exited before it could be stopped")
         held.stopped_ns = time.perf_counter_ns() - started
-        for thread in sorted(process.tids):
+        for thread in sorted(process.tids - set(held.late)):
             with contextlib.suppress(ProcessError):
                 ptrace.detach(thread)
+        # A late thread stays traced (PTRACE_DETACH needs a stop): the SIGCONT of the
+        # release takes back its pending SIGSTOP, and it runs on, traced, when it wakes.
         self.guard.hold(pid, kill=process.launched and self.mode is Mode.SECCOMP)
         # A detached thread wakes for a moment to enter its group-stop again (in the
         # kernel: it runs no user code); a debugger the actions start wants it stopped.
@@ -758,7 +782,7 @@ class PtraceBackend:
         if not resume:
             self._drop(pid)
             return time.perf_counter_ns()
-        seized: set[int] = set()
+        seized = {tid for tid in held.late if procfs.has_process(tid)}  # still traced
         self._seize_threads(pid, seized, strict=False, wait=True)
         process.tids = seized
         if not seized:

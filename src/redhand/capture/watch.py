@@ -205,6 +205,16 @@ class Caught:
     fatal: bool = False  # a signal that ends the process when delivered (decided while held)
 
 
+def _late(held: Held) -> list[str]:
+    """What to say of the threads that did not stop at the hit."""
+    said = {"D": "an uninterruptible sleep", "R": "running in the kernel"}
+    return [
+        f"thread {tid} did not stop (state {state}: {said.get(state, 'busy in the kernel')}); "
+        "the process was held without it, and its stack may be missing"
+        for tid, state in sorted(held.late.items())
+    ]
+
+
 class Watch:
     """A watch, started by iterating it; see :func:`watch`."""
 
@@ -546,6 +556,7 @@ class Watch:
                 actions=results,
                 resumed=resume and not final,
                 kind=kind,
+                warnings=_late(held),
             )
             if self.syscall_history and isinstance(backend, PtraceBackend):
                 caught.syscalls = backend.recent_calls(held.hit.tid)

@@ -585,6 +585,11 @@ class _Capture:
             if stat.state in ("Z", "X"):
                 self._lost(tid, "exited before it could be stopped")
                 return
+            if tracer == os.getpid():  # a watch's tracer holds it: it did not stop at the hit
+                self._lost(
+                    tid, f"did not stop at the event (state {stat.state}: busy in the kernel)"
+                )
+                return
             if tracer:
                 raise already_traced_error(self.pid, tracer)
             raise permission_error(self.pid)

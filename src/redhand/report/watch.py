@@ -89,6 +89,8 @@ def render_caught_text(
         f"{'call returned' if caught.hit.call is not None else 'signal came'}, "
         f"held {caught.paused_ns / 1e6:.1f} ms for the actions ({caught.backend})\n"
     )
+    for warning in caught.warnings:
+        write(style(f"  warning: {warning}", "yellow") + "\n")
     report = _report(caught, max_frames, group)
     if isinstance(report, CoreReport):
         write("\n")
@@ -162,6 +164,7 @@ def caught_json(
     document["also"] = [hit.to_json() | {"text": str(hit)} for hit in caught.also]
     document["backend"] = caught.backend
     document["timing"] = {"stopped_ns": caught.stopped_ns, "paused_ns": caught.paused_ns}
+    document["warnings"] = list(caught.warnings)
     document["actions"] = [result.to_json() for result in caught.actions]
     document["resumed"] = caught.resumed
     if caught.syscalls:
