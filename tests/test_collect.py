@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +266,78 @@ def test_a_crash_in_another_pid_namespace_says_which(a_core: Path, tmp_path: Pat
     assert f"[pid namespace {namespace}]" in listed.stdout
     document = json.loads(crashes(store, "list", "--json").stdout)
     assert document["crashes"][0]["container"] == f"pid namespace {namespace}"
+
+
+def container_root(folder: Path, programs: dict[str, Path]) -> Path:
+    """A container's root file system, as an image has it: ``programs`` under /opt/app
+    (a path the host does not have), with the libraries they need at their own paths."""
+    root = folder / "rootfs"
+    for name, program in programs.items():
+        (root / "opt/app").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(program, root / "opt/app" / name)
+        listed = subprocess.run(
+            ["ldd", str(program)], capture_output=True, text=True, timeout=TIMEOUT, check=True
+        ).stdout
+        for word in listed.split():
+            if word.startswith("/"):
+                (root / word.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(os.path.realpath(word), root / word.lstrip("/"))
+    for folder_in_it in [root, *root.rglob("*")]:
+        if folder_in_it.is_dir():
+            folder_in_it.chmod(0o755)
+    return root
+
+
+def test_a_containers_program_is_named_from_the_containers_own_files(tmp_path: Path) -> None:
+    """A program that exists only inside a container (its own root, as a chroot in a mount
+    namespace gives): the collector hands the process's root to the analysis, which names
+    its frames from the container's copy.  The same core analyzed without it has no names
+    for the program's frames."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
+    sleep = Path(os.path.realpath(shutil.which("sleep") or "/bin/sleep"))
+    root = container_root(tmp_path, {"bugs": built, "sleep": sleep})
+    inside = ["unshare", "--mount", f"--root={root}", "--wd=/"]
+    crashed = subprocess.run(
+        [*inside, "/opt/app/bugs", "assert", "main"],
+        preexec_fn=unlimited_core,
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert crashed.returncode == -signal.SIGABRT, crashed.stderr
+    cores = [p for p in root.iterdir() if p.name.startswith("core")]
+    if not cores:
+        pytest.skip("the kernel does not write cores in the crashing process's directory here")
+    store = tmp_path / "store"
+    with subprocess.Popen([*inside, "/opt/app/sleep", "60"]) as alive:
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while os.stat(f"/proc/{alive.pid}/root").st_ino != root.stat().st_ino or (
+                Path(f"/proc/{alive.pid}/comm").read_text().strip() != "sleep"
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            pidfd = os.pidfd_open(alive.pid)
+            try:
+                named = collect(
+                    store, cores[0], pid=alive.pid, comm="sleep", pidfd=pidfd, analyze=True
+                )
+            finally:
+                os.close(pidfd)
+        finally:
+            alive.kill()  # gone before its crash is analyzed: the root stays open
+    wait_for_status(store, "analyzed")
+    unnamed = collect(store, cores[0], comm="sleep", analyze=True)  # no process to ask
+    wait_for_status(store, "analyzed")
+    by_id = {row["id"]: row for row in rows(store)}
+    assert str(by_id[named]["exe"]).endswith("/opt/app/sleep")
+    assert "assert(value > 0) | check_value | process_assert" in str(by_id[named]["signature"])
+    assert "check_value" not in str(by_id[unnamed]["signature"])
+    assert "bugs@0x" in str(by_id[unnamed]["signature"])
+    shown = json.loads(crashes(store, "show", named, "--json").stdout)["report"]
+    assert shown["exe"] == "/opt/app/bugs"
+    assert shown["threads"][0]["frames"][0]["function"]
 
 
 def test_a_store_of_the_first_schema_is_migrated(a_core: Path, tmp_path: Path) -> None:
@@ -553,6 +625,21 @@ def test_a_full_disk_keeps_the_record(tmp_path: Path) -> None:
     assert "No space left" in crash["note"] or "free" in crash["note"], crash["note"]
 
 
+def crash_through_the_kernel(
+    store: Path, argv: list[str], signo: int, limits: Callable[[], None] = unlimited_core
+) -> dict[str, object]:
+    """Run ``argv`` until it dies of ``signo`` (the kernel hands its core to the collector
+    installed): the record of that crash, once analyzed."""
+    before = len(rows(store))
+    crashed = subprocess.run(argv, preexec_fn=limits, capture_output=True, timeout=TIMEOUT)
+    assert crashed.returncode == -signo, crashed.stderr
+    deadline = time.monotonic() + TIMEOUT
+    while len(rows(store)) <= before or rows(store)[before]["status"] == "collected":
+        assert time.monotonic() < deadline, rows(store)
+        time.sleep(0.1)
+    return rows(store)[before]
+
+
 @pytest.mark.skipif(
     os.environ.get("REDHAND_TEST_CORE_PATTERN") != "1",
     reason="changes the machine's core_pattern: set REDHAND_TEST_CORE_PATTERN=1 to run it",
@@ -587,20 +674,23 @@ def test_install_and_uninstall_put_the_core_pattern_back(tmp_path: Path) -> None
             assert "store_value | process_null" in str(row["signature"])
             assert row["core"] is not None
             # RLIMIT_CORE 0 (Debian's default for a login shell): no core, but a report.
-            crashed = subprocess.run(
+            no_core = crash_through_the_kernel(
+                store,
                 [str(exe), "assert", "main"],
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, -1)),
-                capture_output=True,
-                timeout=TIMEOUT,
+                signal.SIGABRT,
+                lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, -1)),
             )
-            assert crashed.returncode == -signal.SIGABRT
-            deadline = time.monotonic() + TIMEOUT
-            while len(rows(store)) < 2 or rows(store)[1]["status"] == "collected":
-                assert time.monotonic() < deadline, rows(store)
-                time.sleep(0.1)
-        no_core = rows(store)[1]
         assert no_core["core_limit"] == 0 and no_core["core"] is None
         assert "process_assert" in str(no_core["signature"]), no_core["note"]
+        # A program that only a container has: named from the container's own root.
+        root = container_root(tmp_path, {"bugs": built})
+        contained = crash_through_the_kernel(
+            store,
+            ["unshare", "--mount", f"--root={root}", "--wd=/", "/opt/app/bugs", "null", "main"],
+            signal.SIGSEGV,
+        )
+        assert str(contained["exe"]).endswith("/opt/app/bugs")
+        assert "store_value | process_null" in str(contained["signature"]), contained["note"]
     finally:
         undone = subprocess.run(
             [*REDHAND, "collect", "--uninstall", "--store", str(store)],

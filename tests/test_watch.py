@@ -380,18 +380,29 @@ def test_signal_while_waiting_detaches_everything(badclose: Path, signo: int) ->
 
 
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGKILL])
-def test_signal_while_the_target_is_stopped_resumes_it(badclose: Path, signo: int) -> None:
+def test_signal_while_the_target_is_stopped_resumes_it(
+    badclose: Path, signo: int, tmp_path: Path
+) -> None:
     before = {i for i, _name in our_programs()}
+    action = tmp_path / "action.pid"  # the exec action says its pid, to be ended by the test
+    command = f"exec sh -c 'echo $$ > {action}; exec sleep 60'"
     with (
         Program([badclose, "--bad", "1", "--wait"]) as program,
         Watcher(
-            ["close fails EBADF", "-p", str(program.pid), "--then", "stack,exec sleep 60"]
+            ["close fails EBADF", "-p", str(program.pid), "--then", f"stack,{command}"]
         ) as watcher,
     ):
         watcher.header()
         program.go()
         wait_until(lambda: all_stopped(program.pid), "the target to be stopped", TIMEOUT)
+        wait_until(
+            lambda: action.exists() and action.read_text().strip() != "", "the action", TIMEOUT
+        )
         os.kill(watcher.pid, signo)
+        if signo == signal.SIGKILL:
+            # Nobody is left to end the action (it keeps redhand's output open): the test does.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(action.read_text()), signal.SIGKILL)
         code = watcher.finish()
         assert code == (128 + signo if signo != signal.SIGKILL else -signal.SIGKILL)
         status, output = program.finish()  # it runs on to its end

@@ -82,15 +82,18 @@ def _memory_copy(compressed: int) -> int:
     return memfd
 
 
-def report_of(compressed: int) -> dict[str, object]:
+def report_of(compressed: int, root_fd: int | None = None) -> dict[str, object]:
     """The crash report of a core (zstd, read from the descriptor ``compressed``), made by a
-    sandboxed ``redhand core --json``."""
+    sandboxed ``redhand core --json``; its files under the directory ``root_fd`` when given
+    (a container's root, opened by the collector)."""
     memfd = _memory_copy(compressed)
+    command = [sys.executable, "-m", "redhand", "core", "--json", "--no-source"]
+    if root_fd is not None:
+        command += ["--sysroot", f"/proc/self/fd/{root_fd}"]
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "redhand", "core", "--json", "--no-source",
-             f"/proc/self/fd/{memfd}"],
-            pass_fds=(memfd,),
+            [*command, f"/proc/self/fd/{memfd}"],
+            pass_fds=(memfd,) if root_fd is None else (memfd, root_fd),
             preexec_fn=_sandbox,
             capture_output=True,
             text=True,
@@ -107,27 +110,33 @@ def report_of(compressed: int) -> dict[str, object]:
     return document
 
 
-def _report(store_fd: int, core: str | None, core_fd: int | None) -> dict[str, object]:
+def _report(
+    store_fd: int, core: str | None, core_fd: int | None, root_fd: int | None
+) -> dict[str, object]:
     """The report of a stored core, or of the one held in memory (``core_fd``)."""
     if core is not None:
         source = os.open(core, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=store_fd)
         try:
-            return report_of(source)
+            return report_of(source, root_fd)
         finally:
             os.close(source)
     if core_fd is not None:
         os.lseek(core_fd, 0, os.SEEK_SET)
-        return report_of(core_fd)
+        return report_of(core_fd, root_fd)
     raise RuntimeError("no core was kept")
 
 
 def analyze(
-    store: str, crash_ids: list[str] | None = None, core_fd: int | None = None
+    store: str,
+    crash_ids: list[str] | None = None,
+    core_fd: int | None = None,
+    root_fd: int | None = None,
 ) -> list[Analysis]:
     """Analyze the crashes still waiting (or those named).  ``core_fd``: the core of the one
-    crash named, held in memory by the collector because it was not kept."""
-    if core_fd is not None and (not crash_ids or len(crash_ids) != 1):
-        raise ValueError("a core in memory is the core of one crash, named")
+    crash named, held in memory by the collector because it was not kept; ``root_fd``: that
+    crash's process's own root directory (a container's), opened by the collector."""
+    if (core_fd is not None or root_fd is not None) and (not crash_ids or len(crash_ids) != 1):
+        raise ValueError("a core in memory or a root is that of one crash, named")
     import zstandard
 
     store_fd = open_store(store, create=False)
@@ -154,7 +163,7 @@ def analyze(
                 (ATTEMPTS if hopeless else attempts + 1, crash_id),
             )
             try:
-                report = _report(store_fd, core, core_fd)
+                report = _report(store_fd, core, core_fd, root_fd)
             except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
                 results.append(_record_failure(connection, crash_id, str(error)))
                 continue

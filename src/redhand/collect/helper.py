@@ -10,7 +10,9 @@ only, and does as little as it can while the crashed process waits:
    files are read only while the pidfd still names it (its fdinfo gives the
    pid, or -1 once the process is gone), before and after reading.  Without
    ``%F`` (an older kernel) it opens a pidfd itself and checks the command
-   name and the start time; the record says which.
+   name and the start time; the record says which.  A process whose root is
+   not ours (a container's) has that root opened as an O_PATH descriptor, not
+   read, and handed to the analysis: its program and libraries are there.
 2. **Privileges from %d only**: everything is root's (0600 in a 0700 store);
    nothing is ever made readable to the crashed process's user.
 3. **Limits before writing**: ``%c`` (RLIMIT_CORE) 0 keeps no core, a smaller
@@ -25,7 +27,9 @@ only, and does as little as it can while the crashed process waits:
    database cannot be used, beside the core (``spool/ID.record.json``), and the core is
    kept all the same.
 6. **The analysis** (the crash report, the signature) is left to a separate,
-   unprivileged process (``redhand crashes analyze``), started detached.
+   unprivileged process (``redhand crashes analyze``), started detached; the files
+   of a container's process are read through its root's descriptor, as ``--sysroot``,
+   and checked by build-id as any other.
 """
 
 from __future__ import annotations
@@ -99,12 +103,28 @@ def _read_proc(pid: int, name: str) -> bytes | None:
         os.close(fd)
 
 
-def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
-    """('pidfd', 'pidfd_open' or 'none'; what /proc said while the pidfd named the process)."""
+def _own_root(pid: int) -> int | None:
+    """The process's root directory when it is not ours (a container's files), as an O_PATH
+    descriptor the analysis inherits: the frames of a program that exists only in the
+    container are named from it.  Nothing is read through it here."""
+    try:
+        fd = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY)
+    except OSError:
+        return None
+    theirs, ours = os.fstat(fd), os.stat("/")
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None], int | None]:
+    """('pidfd', 'pidfd_open' or 'none'; what /proc said while the pidfd named the process;
+    its root directory when it is not ours, see :func:`_own_root`)."""
     pid = _number(args["pid"])
     facts: dict[str, str | None] = {"exe": None, "cmdline": None, "cgroup": None, "container": None}
     if pid is None or pid <= 0:
-        return "none", facts
+        return "none", facts, None
     pidfd = _number(args["pidfd"]) if args["pidfd"] else None
     how = "pidfd"
     if pidfd is None or _pidfd_pid(pidfd) != pid:
@@ -114,11 +134,11 @@ def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
         libc = ctypes.CDLL(None, use_errno=True)
         pidfd = int(libc.syscall(_SYS_PIDFD_OPEN, pid, 0))
         if pidfd < 0:
-            return "none", facts
+            return "none", facts, None
         comm = (_read_proc(pid, "comm") or b"").strip().decode("utf-8", "replace")
         if comm[:15] != args["comm"][:15]:
             os.close(pidfd)
-            return "none", facts  # another process has this pid now
+            return "none", facts, None  # another process has this pid now
     try:
         exe = None
         with contextlib.suppress(OSError):
@@ -129,8 +149,11 @@ def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid"):
                 namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        root = _own_root(pid)
         if _pidfd_pid(pidfd) != pid:  # the process went away while /proc was read
-            return "none", facts
+            if root is not None:
+                os.close(root)
+            return "none", facts, None
         if cgroups is not None:
             facts["cgroup"], facts["container"] = _container(cgroups.decode("utf-8", "replace"))
         if facts["container"] is None and namespace is not None:
@@ -138,7 +161,7 @@ def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None]]:
         facts["exe"] = exe
         if cmdline is not None:
             facts["cmdline"] = cmdline.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace")
-        return how, facts
+        return how, facts, root
     finally:
         if how == "pidfd_open":
             os.close(pidfd)
@@ -255,9 +278,12 @@ def _drain_to_nothing() -> int:
     return total
 
 
-def _start_analysis(store: str, crash_id: str, core_fd: int | None = None) -> None:
+def _start_analysis(
+    store: str, crash_id: str, core_fd: int | None = None, root_fd: int | None = None
+) -> None:
     """``redhand crashes analyze ID``, detached (the kernel does not wait for it); given
-    ``core_fd``, the core in memory that it analyzes instead of a stored one."""
+    ``core_fd``, the core in memory that it analyzes instead of a stored one; ``root_fd``,
+    the crashed process's own root directory (a container's), where its files are."""
     child = os.fork()
     if child == 0:
         try:
@@ -276,15 +302,28 @@ def _start_analysis(store: str, crash_id: str, core_fd: int | None = None) -> No
                            "analyze", crash_id]  # fmt: skip
                 if core_fd is not None:
                     command += ["--core-fd", str(core_fd)]
+                if root_fd is not None:
+                    os.set_inheritable(root_fd, True)
+                    command += ["--root-fd", str(root_fd)]
                 os.execv(sys.executable, command)
         finally:
             os._exit(0)
     os.waitpid(child, 0)
 
 
+def _occupy_standard_descriptors() -> None:
+    """The kernel starts the collector without standard output and error: /dev/null takes
+    their numbers, so that no file opened later (the store, a root) gets them and is then
+    written to, or replaced when the analysis is given its log."""
+    while (fd := os.open(os.devnull, os.O_RDWR)) <= 2:
+        os.set_inheritable(fd, True)
+    os.close(fd)
+
+
 def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True) -> int:
     """Collect one crash (see the module's documentation); the crash's id is printed."""
     os.umask(0o077)
+    _occupy_standard_descriptors()
     values = (argv + [""] * len(_ARGUMENTS))[: len(_ARGUMENTS)]
     args = dict(zip(_ARGUMENTS, values, strict=True))
     if len(argv) > len(_ARGUMENTS):  # %e last: a command name with spaces
@@ -298,7 +337,7 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
             print(f"redhand collect: {error.strerror or error}", file=sys.stderr)
         return 1
     try:
-        identity, facts = _identity(args)
+        identity, facts, root = _identity(args)
         connection: sqlite3.Connection | None = None
         trouble = None  # why the database could not be used: the record goes beside the core
         try:
@@ -386,9 +425,10 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
     if sys.stdout is not None:
         print(crash_id, flush=True)
     if analyze:
-        _start_analysis(store, crash_id, transient)
-    if transient is not None:
-        os.close(transient)
+        _start_analysis(store, crash_id, transient, root)
+    for fd in (transient, root):
+        if fd is not None:
+            os.close(fd)
     return 0
 
 
