@@ -184,9 +184,16 @@ def test_dump_never_overwrites_and_says_what_is_wrong(a_core: Path, tmp_path: Pa
 def test_a_damaged_database_loses_no_core(a_core: Path, tmp_path: Path) -> None:
     """The crash database overwritten with garbage: the collector still keeps the core and
     its record beside it; `crashes` says what to do in one line; once the database is moved
-    aside, `crashes analyze` takes the record in."""
+    aside, `crashes analyze` takes the record in, and gives the core whose record was lost
+    with the database a record made from the core (but not a core written in the last
+    minutes, which may be a collector's that has yet to record it)."""
     store = tmp_path / "store"
-    collect(store, a_core)
+    lost = collect(store, a_core)
+    lost_core = store / "spool" / f"{lost}.core.zst"
+    an_hour_ago = time.time() - 3600
+    os.utime(lost_core, (an_hour_ago, an_hour_ago))
+    young = store / "spool" / f"{'0' * 32}.core.zst"  # as a collector still writing it
+    shutil.copyfile(lost_core, young)
     database = store / "crashes.db"
     for leftover in (store / "crashes.db-wal", store / "crashes.db-shm"):
         leftover.unlink(missing_ok=True)
@@ -199,10 +206,22 @@ def test_a_damaged_database_loses_no_core(a_core: Path, tmp_path: Path) -> None:
     assert "move it aside" in refused.stderr and "Traceback" not in refused.stderr
     database.rename(store / "crashes.db.damaged")
     assert crashes(store, "analyze").returncode == 0
-    (row,) = rows(store)
+    adopted, row = rows(store)
     assert row["id"] == crash_id and row["core"] == f"spool/{crash_id}.core.zst"
     assert "could not be used" in str(row["note"]) and row["status"] == "analyzed"
     assert not (store / "spool" / f"{crash_id}.record.json").exists()
+    # The core's own facts: the pid and the program that crashed, not the collector's.
+    assert adopted["id"] == lost and adopted["status"] == "analyzed"
+    assert adopted["time"] == pytest.approx(an_hour_ago, abs=1)
+    assert "record was lost" in str(adopted["note"])
+    assert adopted["signal"] == signal.SIGSEGV and str(adopted["comm"]).startswith("bugs")
+    report = json.loads(crashes(store, "show", lost, "--json").stdout)["report"]
+    assert adopted["pid"] != 999999 and adopted["pid"] == report["pid"]
+    assert "/bugs-" in str(adopted["exe"]) and "null main" in str(adopted["cmdline"])
+    assert adopted["bucket"] == row["bucket"]
+    assert young.exists() and young.name.removesuffix(".core.zst") not in {
+        r["id"] for r in rows(store)
+    }
 
 
 def test_the_identity_comes_from_the_pidfd_and_a_reused_pid_is_not_believed(

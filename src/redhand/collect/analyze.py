@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from redhand.collect.signature import signature
-from redhand.collect.store import connect, import_pending, open_store
+from redhand.collect.store import adopt_orphans, connect, import_pending, open_store
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,7 @@ def analyze(
     connection = connect(store_fd)
     try:
         import_pending(store_fd, connection)  # records the database could not take then
+        adopt_orphans(store_fd, connection)  # cores whose records were lost
         if crash_ids:
             marks = ", ".join("?" for _ in crash_ids)
             rows = connection.execute(
@@ -176,6 +177,7 @@ def analyze(
                 (packed, found.text, found.key, found.version, found.kind,
                  json.dumps(found.frames), report.get("exe"), crash_id),
             )  # fmt: skip
+            _fill_from_report(connection, crash_id, report)
             when = connection.execute(
                 "SELECT time FROM crashes WHERE id = ?", (crash_id,)
             ).fetchone()[0]
@@ -196,6 +198,31 @@ def analyze(
     finally:
         connection.close()
         os.close(store_fd)
+
+
+def _fill_from_report(connection: object, crash_id: str, report: dict[str, object]) -> None:
+    """The facts a record lacks (one made for a core whose record was lost, or one whose
+    process was gone before the collector could ask) taken from the core's report."""
+    process = report.get("process")
+    crash = report.get("crash")
+    process = process if isinstance(process, dict) else {}
+    crash = crash if isinstance(crash, dict) else {}
+    cmdline = report.get("cmdline")
+    connection.execute(  # type: ignore[attr-defined]
+        "UPDATE crashes SET pid = COALESCE(pid, ?), tid = COALESCE(tid, ?), "
+        "signal = COALESCE(signal, ?), uid = COALESCE(uid, ?), gid = COALESCE(gid, ?), "
+        "comm = COALESCE(comm, ?), cmdline = COALESCE(cmdline, ?) WHERE id = ?",
+        (
+            report.get("pid"),
+            crash.get("thread"),
+            crash.get("signal"),
+            process.get("uid"),
+            process.get("gid"),
+            process.get("fname"),
+            " ".join(str(word) for word in cmdline) if isinstance(cmdline, list) else None,
+            crash_id,
+        ),
+    )
 
 
 def _record_failure(connection: object, crash_id: str, problem: str) -> Analysis:

@@ -116,7 +116,8 @@ def _damaged(store: str, error: sqlite3.DatabaseError) -> int:
     print(
         f"redhand crashes: the crash database {store}/crashes.db cannot be used ({error}): "
         "move it aside, and `redhand crashes analyze` makes a new one with the records the "
-        "collector kept beside the cores since",
+        "collector kept beside the cores since, and a record for every core whose record "
+        "was lost",
         file=sys.stderr,
     )
     return 10

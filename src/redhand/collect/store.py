@@ -270,3 +270,51 @@ def import_pending(store_fd: int, connection: sqlite3.Connection) -> int:
     finally:
         os.close(spool)
     return moved
+
+
+ORPHAN_AGE = 300.0  # seconds since a core's last write before it is taken for an orphan
+_CORE = ".core.zst"
+
+
+def adopt_orphans(store_fd: int, connection: sqlite3.Connection, now: float | None = None) -> int:
+    """Cores in the spool that no record names (their records were lost with a damaged
+    database that was moved aside) given a record of their own, to be analyzed: its facts
+    (pid, signal, program, ...) then come from the core's report.  A core written to in the
+    last :data:`ORPHAN_AGE` seconds may be a collector's that has yet to record it, and is
+    left alone.  How many."""
+    now = time.time() if now is None else now
+    spool = os.open(SPOOL, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=store_fd)
+    adopted = 0
+    try:
+        for name in os.listdir(spool):
+            crash_id = name.removesuffix(_CORE)
+            if (
+                not name.endswith(_CORE)
+                or len(crash_id) != 32
+                or any(c not in "0123456789abcdef" for c in crash_id)
+            ):
+                continue
+            try:
+                facts = os.stat(name, dir_fd=spool, follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(facts.st_mode) or now - facts.st_mtime < ORPHAN_AGE:
+                continue
+            if connection.execute("SELECT 1 FROM crashes WHERE id = ?", (crash_id,)).fetchone():
+                continue
+            row: dict[str, object] = {
+                "id": crash_id,
+                "time": facts.st_mtime,
+                "collected": facts.st_mtime,
+                "identity": "none",
+                "core": f"{SPOOL}/{name}",
+                "core_stored": facts.st_size,
+                "note": "its record was lost (a damaged crash database): "
+                "its facts are the core's, its time the core's last write",
+                "status": "collected",
+            }
+            insert(connection, row)
+            adopted += 1
+    finally:
+        os.close(spool)
+    return adopted
