@@ -13,7 +13,16 @@
    postgresql, on a unix socket): ``redhand crashes --db`` and ``--db --host``; and the web
    page's bucket table (``serve``, one request) from the store and from PostgreSQL.
 
-No core_pattern is changed: the collector is run as the kernel runs it.  Medians of runs.
+6. Only when asked for (``--parts 6``: it changes the machine's core_pattern, and puts it
+   back): real crashes through the kernel, a small C program's, each a copy of its own (the
+   crash-loop limit is per program).  How long the crashed process takes from its start to
+   its exit, which the kernel holds until the handler has the core, with the kernel writing
+   a plain ``core`` file itself (the floor), with ``redhand collect`` on a pipe (a program
+   started per crash), and with ``redhand collect --serve`` on the coredump socket (Linux
+   6.17+: a fork of a running server per crash); and 50 crashes at once in each mode.
+
+Parts 1 to 5 change no core_pattern: the collector is run as the kernel runs it.  Medians
+of runs.
 
 Usage: python bench/collect.py [--runs 5] [--big-mib 1024] [--parts 1,2,3,4,5]
 """
@@ -293,6 +302,99 @@ def listing(folder: Path, runs: int, postgresql: bool) -> None:
                   f"{page_time(command, runs) * 1000:.0f} ms a request")  # fmt: skip
 
 
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+
+
+@contextlib.contextmanager
+def handler(mode: str, folder: Path) -> Iterator[Path]:
+    """The kernel's core handler for one mode, installed; the store it fills."""
+    store = folder / f"s-{mode}"
+    before = CORE_PATTERN.read_text().strip()
+    server = None
+    try:
+        if mode == "pipe":
+            subprocess.run([*redhand_command(), "collect", "--install", "--store", str(store)],
+                           check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+        elif mode == "socket":
+            read, write = os.pipe()
+            server = subprocess.Popen(
+                [*redhand_command(), "collect", "--serve", "--install", "--store", str(store),
+                 "--socket", str(folder / "run" / "c.sock"), "--ready-fd", str(write)],
+                pass_fds=(write,),
+            )  # fmt: skip
+            os.close(write)
+            with os.fdopen(read) as ready:
+                if not ready.readline():
+                    raise SystemExit("redhand collect --serve did not start")
+        yield store
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        CORE_PATTERN.write_text(before)
+
+
+def crash_exits(programs: list[Path], folder: Path) -> float:
+    """Start the programs at once from a shell (a Python parent forks too slowly once the
+    analyses of the first crashes take the CPUs); the wall time until every one has died."""
+    script = "ulimit -c unlimited; for p in " + " ".join(str(p) for p in programs)
+    script += '; do "$p" 2>/dev/null & done; wait'
+    started = time.perf_counter()
+    subprocess.run(["sh", "-c", script], cwd=folder, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - started
+
+
+def settled(store: Path, count: int) -> int:
+    """Wait for the detached analyses (they would take the CPUs from the next runs); how many
+    crashes the store has."""
+    deadline = time.monotonic() + 300
+    database = store / "crashes.db"
+    while time.monotonic() < deadline:
+        if database.exists():
+            connection = sqlite3.connect(database)
+            try:
+                total, waiting = connection.execute(
+                    "SELECT COUNT(*), SUM(status = 'collected') FROM crashes"
+                ).fetchone()
+            except sqlite3.Error:
+                total, waiting = 0, 1
+            finally:
+                connection.close()
+            if total >= count and not waiting:
+                return int(total)
+        time.sleep(0.2)
+    return int(total)
+
+
+def through_the_kernel(folder: Path, exe: Path, runs: int) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("part 6 changes core_pattern: run it as root")
+    copies = []
+    for n in range(50 + runs):
+        copy = folder / f"crasher{n}"
+        shutil.copy2(exe, copy)
+        copies.append(copy)
+    print(f"6. real crashes through the kernel: start to exit of the crashed process "
+          f"(medians of {runs})")  # fmt: skip
+    floor = None
+    for mode in ("file", "pipe", "socket"):
+        work = folder / f"k-{mode}"
+        work.mkdir()
+        with handler(mode, work) as store:
+            one = []
+            for program in copies[50:]:
+                one.append(crash_exits([program], work))
+                if mode != "file":
+                    settled(store, len(one))
+            wall = crash_exits(copies[:50], work)
+            stored = settled(store, runs + 50) - runs if mode != "file" else 50
+        median_ms = median(one) * 1000
+        floor = floor if floor is not None else median_ms
+        extra = "" if mode == "file" else f" (+{median_ms - floor:.1f} ms over the file)"
+        print(f"  {mode:<7} one crash {median_ms:6.1f} ms{extra}; 50 at once: all dead in "
+              f"{wall:.2f} s, {stored} of 50 stored")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -316,6 +418,8 @@ def main() -> None:
         if "4" in parts or "5" in parts:
             (folder / "pg").mkdir()
             listing(folder, args.runs, "5" in parts)
+        if "6" in parts:
+            through_the_kernel(folder, exe, args.runs)
 
 
 if __name__ == "__main__":

@@ -8,25 +8,33 @@ import contextlib
 import dataclasses
 import json
 import os
+import pty
 import resource
 import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from collect_helpers import (
+    REDHAND,
+    changes_core_pattern,
+    collect,
+    container_root,
+    crash_through_the_kernel,
+    crashes,
+    rows,
+    wait_for_status,
+)
 from helpers import compile_c, crash_into_core, unlimited_core
 from watch_helpers import TIMEOUT, world_readable_copy
-
-REDHAND = [sys.executable, "-m", "redhand"]
 
 
 @pytest.fixture(scope="module")
@@ -34,72 +42,6 @@ def a_core(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("collect")
     exe = compile_c("bugs.c", folder, ["-O1", "-g", "-pthread"])
     return crash_into_core([str(exe), "null", "main"], folder / "run").core
-
-
-def collect(
-    store: Path,
-    core: Path | bytes,
-    *,
-    pid: int = 999999,
-    comm: str = "bugs",
-    core_limit: str = "18446744073709551615",
-    dump_mode: str = "1",
-    uid: int = 0,
-    pidfd: int | None = None,
-    analyze: bool = False,
-) -> str:
-    """One run of the collector, as the kernel starts it: the crash's id."""
-    data = core.read_bytes() if isinstance(core, Path) else core
-    args = [
-        str(pid),
-        str(pid),
-        str(pid),
-        "11",
-        str(int(time.time())),
-        core_limit,
-        dump_mode,
-        str(uid),
-        str(uid),
-        "3" if pidfd is not None else "",
-        "host",
-        comm,
-    ]
-    command = [*REDHAND, "collect", "--store", str(store)]
-    if not analyze:
-        command.append("--no-analyze")
-
-    def fd3() -> None:
-        if pidfd is not None:
-            os.dup2(pidfd, 3)
-
-    result = subprocess.run(
-        [*command, *args],
-        input=data,
-        capture_output=True,
-        timeout=TIMEOUT,
-        preexec_fn=fd3,
-        close_fds=pidfd is None,  # fd 3 made by fd3() must stay open
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.decode().strip()
-
-
-def rows(store: Path) -> list[dict[str, object]]:
-    connection = sqlite3.connect(store / "crashes.db")
-    connection.row_factory = sqlite3.Row
-    try:
-        return [dict(row) for row in connection.execute("SELECT * FROM crashes ORDER BY time")]
-    finally:
-        connection.close()
-
-
-def crashes(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*REDHAND, "crashes", "--store", str(store), *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
 
 
 def test_a_kernel_core_is_kept_compressed_and_root_only(a_core: Path, tmp_path: Path) -> None:
@@ -179,6 +121,29 @@ def test_dump_never_overwrites_and_says_what_is_wrong(a_core: Path, tmp_path: Pa
     assert "damaged" in broken.stderr and len(broken.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
     assert crashes(store, "dump", "0" * 32, "-o", str(tmp_path / "out")).returncode == 3
+
+
+def test_collect_at_a_terminal_explains_itself_and_collects_nothing(tmp_path: Path) -> None:
+    """`redhand collect --help` is the usage, and a collector started by hand at a terminal
+    (not by the kernel, with a core on its standard input) refuses in one line."""
+    shown = subprocess.run(
+        [*REDHAND, "collect", "--help"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert shown.returncode == 0 and "--install" in shown.stdout and "--serve" in shown.stdout
+    primary, secondary = pty.openpty()
+    try:
+        refused = subprocess.run(
+            [*REDHAND, "collect", "--store", str(tmp_path / "store"), "1", "1", "1", "11"],
+            stdin=secondary,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        os.close(primary)
+        os.close(secondary)
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert "--install" in refused.stderr and not (tmp_path / "store").exists()
 
 
 def test_a_damaged_database_loses_no_core(a_core: Path, tmp_path: Path) -> None:
@@ -285,26 +250,6 @@ def test_a_crash_in_another_pid_namespace_says_which(a_core: Path, tmp_path: Pat
     assert f"[pid namespace {namespace}]" in listed.stdout
     document = json.loads(crashes(store, "list", "--json").stdout)
     assert document["crashes"][0]["container"] == f"pid namespace {namespace}"
-
-
-def container_root(folder: Path, programs: dict[str, Path]) -> Path:
-    """A container's root file system, as an image has it: ``programs`` under /opt/app
-    (a path the host does not have), with the libraries they need at their own paths."""
-    root = folder / "rootfs"
-    for name, program in programs.items():
-        (root / "opt/app").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(program, root / "opt/app" / name)
-        listed = subprocess.run(
-            ["ldd", str(program)], capture_output=True, text=True, timeout=TIMEOUT, check=True
-        ).stdout
-        for word in listed.split():
-            if word.startswith("/"):
-                (root / word.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(os.path.realpath(word), root / word.lstrip("/"))
-    for folder_in_it in [root, *root.rglob("*")]:
-        if folder_in_it.is_dir():
-            folder_in_it.chmod(0o755)
-    return root
 
 
 def test_a_containers_program_is_named_from_the_containers_own_files(tmp_path: Path) -> None:
@@ -498,14 +443,18 @@ def test_fifty_crashes_at_once_are_all_stored(a_core: Path, tmp_path: Path) -> N
 def test_a_program_that_crashes_again_and_again_keeps_records_not_cores(
     a_core: Path, tmp_path: Path
 ) -> None:
+    """Ten cores a minute of one program, even when their bucket let some of them go."""
     store = tmp_path / "store"
-    for _ in range(12):
+    for _ in range(10):
+        collect(store, a_core, comm="crashy")
+    assert crashes(store, "analyze").returncode == 0  # one bucket: it keeps five cores
+    assert sum(row["core"] is not None for row in rows(store)) == 5
+    for _ in range(2):
         collect(store, a_core, comm="crashy")
     stored = rows(store)
     assert len(stored) == 12
-    kept = [row for row in stored if row["core"] is not None]
-    assert len(kept) == 10
-    assert all("last minute" in str(row["note"]) for row in stored if row["core"] is None)
+    assert sum(bool(row["core_stored"]) for row in stored) == 10
+    assert all("last minute" in str(row["note"]) for row in stored[10:])
 
 
 BUGS = ("null", "strlen", "assert", "recurse")
@@ -553,15 +502,6 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     assert len(one_kind) == 6 and {c.kind for c in one_kind} == {"assertion"}
     listed_kind = json.loads(crashes(store, "list", "--kind", "assertion", "--json").stdout)
     assert listed_kind["crashes"] == [dataclasses.asdict(c) for c in one_kind]
-
-
-def wait_for_status(store: Path, status: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if rows(store) and all(row["status"] == status for row in rows(store)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not {status}: {rows(store)}")
 
 
 def test_the_collector_starts_the_analysis_detached(tmp_path: Path) -> None:
@@ -644,25 +584,7 @@ def test_a_full_disk_keeps_the_record(tmp_path: Path) -> None:
     assert "No space left" in crash["note"] or "free" in crash["note"], crash["note"]
 
 
-def crash_through_the_kernel(
-    store: Path, argv: list[str], signo: int, limits: Callable[[], None] = unlimited_core
-) -> dict[str, object]:
-    """Run ``argv`` until it dies of ``signo`` (the kernel hands its core to the collector
-    installed): the record of that crash, once analyzed."""
-    before = len(rows(store))
-    crashed = subprocess.run(argv, preexec_fn=limits, capture_output=True, timeout=TIMEOUT)
-    assert crashed.returncode == -signo, crashed.stderr
-    deadline = time.monotonic() + TIMEOUT
-    while len(rows(store)) <= before or rows(store)[before]["status"] == "collected":
-        assert time.monotonic() < deadline, rows(store)
-        time.sleep(0.1)
-    return rows(store)[before]
-
-
-@pytest.mark.skipif(
-    os.environ.get("REDHAND_TEST_CORE_PATTERN") != "1",
-    reason="changes the machine's core_pattern: set REDHAND_TEST_CORE_PATTERN=1 to run it",
-)
+@changes_core_pattern
 def test_install_and_uninstall_put_the_core_pattern_back(tmp_path: Path) -> None:
     before = Path("/proc/sys/kernel/core_pattern").read_text().strip()
     short = Path(tempfile.mkdtemp(prefix="rh"))  # the pattern has 127 characters at most

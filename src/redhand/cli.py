@@ -1293,6 +1293,17 @@ def run_run(args: Arguments) -> int:
     return guard.exit_code
 
 
+_COLLECT_USAGE = """\
+usage: redhand collect --install [--store DIR]     become the kernel's core handler (a pipe)
+       redhand collect --uninstall [--store DIR]   put the previous core_pattern back
+       redhand collect --serve [--install] [--socket PATH] [--store DIR]
+                                                   the kernel's coredump socket (Linux 6.17+)
+       redhand collect [--store DIR] [--no-analyze] %P %i %I %s %t %c %d %u %g %F %h %e
+                                                   what the kernel runs: the core on stdin
+
+The store is /var/lib/redhand unless --store says; `redhand crashes` reads it."""
+
+
 def _collect(argv: Sequence[str]) -> int:
     """``redhand collect [--store DIR] %P %i %I %s %t %c %d %u %g %F %h %e``: the kernel's
     core handler, parsed by hand (it imports nothing it does not need)."""
@@ -1301,8 +1312,13 @@ def _collect(argv: Sequence[str]) -> int:
 
     words = list(argv)
     store = DEFAULT_STORE
+    if words[:1] in (["-h"], ["--help"]) or (not words and sys.stdin.isatty()):
+        print(_COLLECT_USAGE)
+        return 0
     if len(words) >= 3 and words[1] == "--store":
         store = words[2]
+    if "--serve" in words:
+        return _collect_serve(words, store)
     if words[:1] in (["--install"], ["--uninstall"]):
         from redhand.collect.helper import install, uninstall
 
@@ -1330,7 +1346,51 @@ def _collect(argv: Sequence[str]) -> int:
             break
     if words[:1] == ["--"]:
         words = words[1:]
+    if sys.stdin is not None and sys.stdin.isatty():
+        print(
+            "redhand collect: the kernel runs this with a core on standard input, not a "
+            "terminal: `redhand collect --install` makes redhand the core handler",
+            file=sys.stderr,
+        )
+        return 2
     return collect(words, store, analyze=analyze)
+
+
+def _collect_serve(words: list[str], store: str) -> int:
+    """``redhand collect --serve [--socket PATH] [--install] [--store DIR] [--no-analyze]``:
+    the kernel's coredump socket (Linux 6.17 and later)."""
+    import argparse
+
+    from redhand.collect.server import DEFAULT_SOCKET, ServeError, serve
+    from redhand.collect.store import StoreError
+
+    parser = argparse.ArgumentParser(prog="redhand collect --serve")
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--store", default=store)
+    parser.add_argument("--socket", default=DEFAULT_SOCKET, help="where to listen")
+    parser.add_argument(
+        "--install", action="store_true", help="point core_pattern here while serving"
+    )
+    parser.add_argument("--no-analyze", action="store_true")
+    parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(words)
+    if os.geteuid() != 0:
+        print("redhand collect --serve: only root may serve the kernel's cores", file=sys.stderr)
+        return 4
+    try:
+        return serve(
+            args.store,
+            os.path.abspath(args.socket),
+            install=args.install,
+            analyze=not args.no_analyze,
+            ready=args.ready_fd,
+        )
+    except StoreError as error:
+        print(f"redhand collect: {error.strerror or error}", file=sys.stderr)
+        return 4
+    except (ServeError, OSError) as error:
+        print(f"redhand collect: {error}", file=sys.stderr)
+        return 13
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ only, and does as little as it can while the crashed process waits:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 import sys
@@ -278,6 +279,18 @@ def _drain_to_nothing() -> int:
     return total
 
 
+def recent_crashes(connection: sqlite3.Connection, exe: str | None, comm: str) -> int:
+    """How many crashes of a program (the same executable, or the same command name: a
+    record may have either, or be given its executable by its analysis) kept their core in
+    the last minute, even if their bucket has let it go since: at :data:`RATE`, it is in a
+    crash loop.  By the crash time's index: only the last minute is read."""
+    count: int = connection.execute(
+        "SELECT COUNT(*) FROM crashes WHERE time > ? AND (exe = ? OR comm = ?) AND core_stored > 0",
+        (time.time() - 60, exe, comm),
+    ).fetchone()[0]
+    return count
+
+
 def _start_analysis(
     store: str, crash_id: str, core_fd: int | None = None, root_fd: int | None = None
 ) -> None:
@@ -298,6 +311,16 @@ def _start_analysis(
                 os.dup2(null, 0)
                 os.dup2(null, 1)
                 os.dup2(log, 2)
+                # One analysis at a time, behind the collectors of a burst of crashes: the
+                # lock is waited for here, before Python starts again, and held to the end.
+                os.nice(10)
+                lock = os.open(
+                    os.path.join(store, "analysis.lock"),
+                    os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                    0o600,
+                )
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                os.set_inheritable(lock, True)
                 command = [sys.executable, "-m", "redhand", "crashes", "--store", store,
                            "analyze", crash_id]  # fmt: skip
                 if core_fd is not None:
@@ -311,7 +334,7 @@ def _start_analysis(
     os.waitpid(child, 0)
 
 
-def _occupy_standard_descriptors() -> None:
+def occupy_standard_descriptors() -> None:
     """The kernel starts the collector without standard output and error: /dev/null takes
     their numbers, so that no file opened later (the store, a root) gets them and is then
     written to, or replaced when the analysis is given its log."""
@@ -323,7 +346,7 @@ def _occupy_standard_descriptors() -> None:
 def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True) -> int:
     """Collect one crash (see the module's documentation); the crash's id is printed."""
     os.umask(0o077)
-    _occupy_standard_descriptors()
+    occupy_standard_descriptors()
     values = (argv + [""] * len(_ARGUMENTS))[: len(_ARGUMENTS)]
     args = dict(zip(_ARGUMENTS, values, strict=True))
     if len(argv) > len(_ARGUMENTS):  # %e last: a command name with spaces
@@ -352,12 +375,7 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
         if note is None:
             note = _room(store_fd, connection)
         if note is None and connection is not None:
-            # The program: its executable when the pidfd told it, else its command name.
-            recent = connection.execute(
-                "SELECT COUNT(*) FROM crashes WHERE COALESCE(exe, comm) = ? AND collected > ? "
-                "AND core IS NOT NULL",
-                (facts["exe"] or args["comm"], time.time() - 60),
-            ).fetchone()[0]
+            recent = recent_crashes(connection, facts["exe"], args["comm"])
             if recent >= RATE:
                 note = f"{_RATE_NOTE}: {recent} in the last minute, no more cores or reports"
         core_name = None

@@ -1,0 +1,141 @@
+"""redhand collect --serve: the kernel's coredump socket (Linux 6.17 and later).
+
+Only the kernel connects to that socket, so the crashes go through the machine's
+core_pattern: that test is opt-in (REDHAND_TEST_CORE_PATTERN=1) and puts the pattern back.
+The others start and stop the server without a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from collect_helpers import (
+    REDHAND,
+    changes_core_pattern,
+    container_root,
+    crash_through_the_kernel,
+    crashes,
+    rows,
+)
+from helpers import compile_c
+from watch_helpers import TIMEOUT, world_readable_copy
+
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+
+
+def kernel_has_coredump_sockets() -> bool:
+    modes = Path("/proc/sys/kernel/core_modes")
+    return modes.exists() and "socket" in modes.read_text().split()
+
+
+needs_sockets = pytest.mark.skipif(
+    not kernel_has_coredump_sockets(), reason="this kernel has no coredump socket (6.17+)"
+)
+
+
+@contextlib.contextmanager
+def server(store: Path, socket: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """``redhand collect --serve``, once it listens; ended by SIGTERM at the end."""
+    read, write = os.pipe()
+    process = subprocess.Popen(
+        [*REDHAND, "collect", "--serve", "--store", str(store), "--socket", str(socket),
+         "--ready-fd", str(write), *extra],
+        pass_fds=(write,),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    os.close(write)
+    try:
+        with os.fdopen(read) as ready:
+            said = ready.readline()
+        assert said.startswith("listening"), process.communicate(timeout=TIMEOUT)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=TIMEOUT)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@needs_sockets
+def test_the_server_listens_root_only_and_ends_cleanly(tmp_path: Path) -> None:
+    """Without --install the core_pattern is not touched; SIGTERM ends the server with its
+    socket removed."""
+    before = CORE_PATTERN.read_text()
+    socket = tmp_path / "run" / "core.sock"
+    with server(tmp_path / "store", socket) as process:
+        assert socket.is_socket() and socket.stat().st_mode & 0o777 == 0o600
+        assert socket.parent.stat().st_mode & 0o777 == 0o700
+        assert CORE_PATTERN.read_text() == before
+    assert process.returncode == 0, process.stderr
+    assert not socket.exists()
+
+
+@needs_sockets
+def test_a_socket_folder_open_to_others_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir()
+    folder.chmod(0o777)
+    result = subprocess.run(
+        [*REDHAND, "collect", "--serve", "--store", str(tmp_path / "store"),
+         "--socket", str(folder / "core.sock")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert result.returncode == 13
+    assert len(result.stderr.splitlines()) == 1 and "closed to others" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@needs_sockets
+@changes_core_pattern
+def test_crashes_through_the_kernels_socket(tmp_path: Path) -> None:
+    """A real crash through @@socket: the identity from the peer's pidfd, the dump mode and
+    the signal from its pidfd info or the core, analyzed; a crash loop refused before the
+    kernel writes a byte; a container's program named; the pattern put back at the end."""
+    before = CORE_PATTERN.read_text().strip()
+    short = Path(tempfile.mkdtemp(prefix="rh"))  # the pattern has 127 characters at most
+    store, socket = short / "s", short / "run" / "c.sock"
+    built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
+    try:
+        with server(store, socket, "--install"), world_readable_copy(built) as exe:
+            assert CORE_PATTERN.read_text().strip() == f"@@{socket}"
+            first = crash_through_the_kernel(store, [str(exe), "null", "main"], signal.SIGSEGV)
+            assert first["identity"] == "pidfd" and first["exe"] == str(exe)
+            assert first["signal"] == signal.SIGSEGV and first["dump_mode"] == 1
+            assert "store_value | process_null" in str(first["signature"])
+            assert first["core"] is not None and first["core_bytes"]
+            # A crash loop: ten cores a minute, then records only (the kernel writes nothing).
+            for _ in range(10):
+                last = crash_through_the_kernel(store, [str(exe), "assert", "main"], signal.SIGABRT)
+            assert last["core_bytes"] == 0 and last["core"] is None
+            assert "crash loop" in str(last["note"])
+            assert sum(bool(row["core_stored"]) for row in rows(store)) == 10
+            # A program only a container has.
+            root = container_root(tmp_path, {"bugs": built})
+            contained = crash_through_the_kernel(
+                store,
+                ["unshare", "--mount", f"--root={root}", "--wd=/", "/opt/app/bugs",
+                 "strlen", "main"],
+                signal.SIGSEGV,
+            )  # fmt: skip
+            assert "process_strlen" in str(contained["signature"]), contained["note"]
+        assert CORE_PATTERN.read_text().strip() == before
+        listed = crashes(store, "list")
+        assert listed.returncode == 0 and listed.stdout.count("\n") == 12
+    finally:
+        if CORE_PATTERN.read_text().strip() != before:
+            CORE_PATTERN.write_text(before)
+        subprocess.run(["rm", "-rf", str(short)], check=False, timeout=TIMEOUT)
