@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -40,28 +41,30 @@ needs_sockets = pytest.mark.skipif(
 
 
 @contextlib.contextmanager
-def server(store: Path, socket: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
-    """``redhand collect --serve``, once it listens; ended by SIGTERM at the end."""
+def server(store: Path, path: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """``redhand collect --serve``, once it listens; ended by SIGTERM at the end.  What it
+    says goes to ``server.log`` beside the store."""
     read, write = os.pipe()
-    process = subprocess.Popen(
-        [*REDHAND, "collect", "--serve", "--store", str(store), "--socket", str(socket),
-         "--ready-fd", str(write), *extra],
-        pass_fds=(write,),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    with open(store.parent / "server.log", "w") as log:
+        process = subprocess.Popen(
+            [*REDHAND, "collect", "--serve", "--store", str(store), "--socket", str(path),
+             "--ready-fd", str(write), *extra],
+            pass_fds=(write,),
+            stdout=log,
+            stderr=log,
+            text=True,
+        )  # fmt: skip
     os.close(write)
     try:
         with os.fdopen(read) as ready:
             said = ready.readline()
-        assert said.startswith("listening"), process.communicate(timeout=TIMEOUT)
+        assert said.startswith("listening"), (store.parent / "server.log").read_text()
         yield process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:
-            process.communicate(timeout=TIMEOUT)
+            process.wait(timeout=TIMEOUT)
         finally:
             if process.poll() is None:
                 process.kill()
@@ -73,13 +76,35 @@ def test_the_server_listens_root_only_and_ends_cleanly(tmp_path: Path) -> None:
     """Without --install the core_pattern is not touched; SIGTERM ends the server with its
     socket removed."""
     before = CORE_PATTERN.read_text()
-    socket = tmp_path / "run" / "core.sock"
-    with server(tmp_path / "store", socket) as process:
-        assert socket.is_socket() and socket.stat().st_mode & 0o777 == 0o600
-        assert socket.parent.stat().st_mode & 0o777 == 0o700
+    path = tmp_path / "run" / "core.sock"
+    with server(tmp_path / "store", path) as process:
+        assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o700
         assert CORE_PATTERN.read_text() == before
-    assert process.returncode == 0, process.stderr
-    assert not socket.exists()
+    assert process.returncode == 0, (tmp_path / "server.log").read_text()
+    assert not path.exists()
+
+
+@needs_sockets
+def test_a_connection_that_is_not_the_kernels_is_ignored(tmp_path: Path) -> None:
+    """Only root can reach the socket, but a process of root's that connects is not a crash:
+    its peer is not dumping core.  Nothing is recorded, and the server serves on."""
+    store, path = tmp_path / "store", tmp_path / "run" / "core.sock"
+    with server(store, path) as process:
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+                client.settimeout(TIMEOUT)
+                client.connect(str(path))
+                client.sendall(b"\x10\x00\x00\x00" * 4 + os.urandom(4096))
+                try:
+                    answer = client.recv(16)
+                except ConnectionResetError:  # hung up on with bytes unread
+                    answer = b""
+                assert answer == b""  # no answer
+        assert process.poll() is None
+    assert process.returncode == 0
+    assert (tmp_path / "server.log").read_text().count("not dumping core") == 3
+    assert rows(store) == [] and not list((store / "spool").iterdir())
 
 
 @needs_sockets
@@ -107,11 +132,11 @@ def test_crashes_through_the_kernels_socket(tmp_path: Path) -> None:
     kernel writes a byte; a container's program named; the pattern put back at the end."""
     before = CORE_PATTERN.read_text().strip()
     short = Path(tempfile.mkdtemp(prefix="rh"))  # the pattern has 127 characters at most
-    store, socket = short / "s", short / "run" / "c.sock"
+    store, path = short / "s", short / "run" / "c.sock"
     built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
     try:
-        with server(store, socket, "--install"), world_readable_copy(built) as exe:
-            assert CORE_PATTERN.read_text().strip() == f"@@{socket}"
+        with server(store, path, "--install"), world_readable_copy(built) as exe:
+            assert CORE_PATTERN.read_text().strip() == f"@@{path}"
             first = crash_through_the_kernel(store, [str(exe), "null", "main"], signal.SIGSEGV)
             assert first["identity"] == "pidfd" and first["exe"] == str(exe)
             assert first["signal"] == signal.SIGSEGV and first["dump_mode"] == 1

@@ -60,6 +60,7 @@ PIDFD_INFO_PID = 1 << 0
 PIDFD_INFO_CREDS = 1 << 1
 PIDFD_INFO_COREDUMP = 1 << 4
 PIDFD_INFO_COREDUMP_SIGNAL = 1 << 6  # Linux 6.19
+PIDFD_COREDUMPED = 1 << 0
 PIDFD_COREDUMP_USER = 1 << 2
 PIDFD_COREDUMP_ROOT = 1 << 3
 _PIDFD_INFO = struct.Struct("<QQ" + "I" * 11 + "iII")  # 72 bytes: ... coredump_mask, _signal
@@ -80,6 +81,7 @@ class Peer:
     gid: int
     dump_mode: int | None  # 1: its user may read the core, 2: root only
     signal: int | None  # from Linux 6.19
+    dumping: bool  # the kernel is dumping its core: a connection the kernel made for it
 
 
 def peer_of(pidfd: int) -> Peer:
@@ -104,6 +106,7 @@ def peer_of(pidfd: int) -> Peer:
         gid=rgid,
         dump_mode=mode,
         signal=coredump_signal if mask & PIDFD_INFO_COREDUMP_SIGNAL and coredump_signal else None,
+        dumping=bool(mask & PIDFD_INFO_COREDUMP and coredump_mask & PIDFD_COREDUMPED),
     )
 
 
@@ -156,6 +159,8 @@ def _crash(connection: socket.socket, store: str, analyze: bool) -> int:
     """In the child, for one connection: what ``redhand collect`` does for a pipe."""
     pidfd = connection.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     peer = peer_of(pidfd)
+    if not peer.dumping:  # root's own process, not the kernel: nothing of it is kept
+        raise ConnectionError(f"a connection from process {peer.pid}, which is not dumping core")
     comm = _proc(peer.pid, "comm").strip()
     exe = ""
     with contextlib.suppress(OSError):
