@@ -305,21 +305,22 @@ def test_a_containers_program_is_named_from_the_containers_own_files(tmp_path: P
 
 
 def test_a_store_of_the_first_schema_is_migrated(a_core: Path, tmp_path: Path) -> None:
-    """A store made before the container columns: the next collector adds them, once, and
-    the old records stay."""
+    """A store made before the container and family columns: the next collector adds them,
+    once, and the old records stay."""
     store = tmp_path / "store"
     first = collect(store, a_core)
     with contextlib.closing(sqlite3.connect(store / "crashes.db")) as database:
+        database.execute("ALTER TABLE crashes DROP COLUMN family")
         database.execute("ALTER TABLE crashes DROP COLUMN container")
         database.execute("ALTER TABLE crashes DROP COLUMN cgroup")
         database.execute("UPDATE meta SET value = '1' WHERE key = 'schema'")
         database.commit()
     second = collect(store, a_core)
     assert {row["id"] for row in rows(store)} == {first, second}
-    assert "container" in rows(store)[0]
+    assert "container" in rows(store)[0] and "family" in rows(store)[0]
     with contextlib.closing(sqlite3.connect(store / "crashes.db")) as database:
         (version,) = database.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-    assert version == "2"
+    assert version == "3"
 
 
 @pytest.mark.parametrize("limit", ["0", "65536"])
@@ -457,12 +458,14 @@ def test_a_program_that_crashes_again_and_again_keeps_records_not_cores(
     assert all("last minute" in str(row["note"]) for row in stored[10:])
 
 
-BUGS = ("null", "strlen", "assert", "recurse")
+BUGS = ("null", "strlen", "assert", "recurse", "reset")
 BUILDS = {"O0": ["-O0", "-g"], "O2": ["-O2", "-g"], "other": ["-O2", "-g", "-DVARIANT=2"]}
 
 
 def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> None:
-    """Four bugs, each from main and from a thread, in three builds: four buckets of six."""
+    """Five bugs, each from main and from a thread, in three builds: five buckets of six.
+    Two of them (null and reset) crash at the same site from different callers: one family
+    of two buckets, and four families in all."""
     store = tmp_path / "store"
     with contextlib.ExitStack() as copies:
         for build, flags in BUILDS.items():
@@ -482,7 +485,7 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     listed = json.loads(crashes(store, "--json").stdout)
     buckets = listed["buckets"]
     assert listed["not_analyzed"] == 0
-    assert sorted(bucket["count"] for bucket in buckets) == [6, 6, 6, 6], [
+    assert sorted(bucket["count"] for bucket in buckets) == [6, 6, 6, 6, 6], [
         (b["count"], b["signature"]) for b in buckets
     ]
     signatures = {bucket["signature"] for bucket in buckets}
@@ -491,7 +494,7 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     assert any("recursion(descend)" in s for s in signatures)
     # Each bucket keeps the cores of its first two and last three crashes.
     assert all(bucket["cores"] == 5 for bucket in buckets)
-    assert Counter(row["status"] for row in rows(store)) == {"analyzed": 24}
+    assert Counter(row["status"] for row in rows(store)) == {"analyzed": 30}
     shown = crashes(store, "show", buckets[0]["bucket"][:10])
     assert shown.returncode == 0 and "signature:" in shown.stdout
     # The Python API gives the same as --json; the filters narrow both.
@@ -502,6 +505,27 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     assert len(one_kind) == 6 and {c.kind for c in one_kind} == {"assertion"}
     listed_kind = json.loads(crashes(store, "list", "--kind", "assertion", "--json").stdout)
     assert listed_kind["crashes"] == [dataclasses.asdict(c) for c in one_kind]
+    # Families: the null and reset buckets share one crash site.
+    families = json.loads(crashes(store, "families", "--json").stdout)["families"]
+    assert sorted(family["count"] for family in families) == [6, 6, 6, 12]
+    (shared,) = [family for family in families if len(family["buckets"]) == 2]
+    assert shared["site"] == "null-dereference | store_value", shared
+    by_key = {bucket["bucket"]: bucket["signature"] for bucket in buckets}
+    assert sorted(by_key[key].rsplit(" | ", 1)[1] for key in shared["buckets"]) == [
+        "process_null",
+        "process_reset",
+    ]
+    assert [dataclasses.asdict(f) for f in redhand.crash_families(str(store))] == families
+    text = crashes(store, "families").stdout
+    assert "bugs: null-dereference | store_value" in text and "... | process_reset" in text
+    # rebucket gives a crash analyzed before families were made (none kept) its family.
+    connection = sqlite3.connect(store / "crashes.db")
+    connection.execute("UPDATE crashes SET family = NULL")
+    connection.commit()
+    connection.close()
+    assert len(json.loads(crashes(store, "families", "--json").stdout)["families"]) == 5
+    assert crashes(store, "rebucket").returncode == 0
+    assert json.loads(crashes(store, "families", "--json").stdout)["families"] == families
 
 
 def test_the_collector_starts_the_analysis_detached(tmp_path: Path) -> None:
@@ -691,13 +715,13 @@ def postgresql(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_a_fleet_in_postgresql(tmp_path: Path, postgresql: str) -> None:
-    """Two machines' stores pushed to one PostgreSQL: the buckets across hosts, each crash
-    sent once however often it is pushed."""
+    """Two machines' stores pushed to one PostgreSQL: the buckets and their families across
+    hosts, each crash sent once however often it is pushed."""
     built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
     with world_readable_copy(built) as exe:
         for host in ("web1", "web2"):
             store = tmp_path / f"store-{host}"
-            for bug in ("null", "assert"):
+            for bug in ("null", "assert") + (("reset",) if host == "web2" else ()):
                 crash = crash_into_core([str(exe), bug, "main"], tmp_path / host / bug)
                 collect(store, crash.core, comm=f"bugs-{host}-{bug}")
             assert crashes(store, "analyze").returncode == 0
@@ -708,21 +732,31 @@ def test_a_fleet_in_postgresql(tmp_path: Path, postgresql: str) -> None:
     import redhand
 
     from_python = redhand.crash_buckets(db=postgresql, exe=built.name)
-    assert sorted((b.count, b.hosts) for b in from_python) == [(2, 2), (2, 2)]
+    assert sorted((b.count, b.hosts) for b in from_python) == [(1, 1), (2, 2), (2, 2)]
     listed = crashes(tmp_path / "store-web1", "--db", postgresql, "--json")
     assert listed.returncode == 0, listed.stderr
     buckets = json.loads(listed.stdout)["buckets"]
-    assert sorted((b["count"], b["hosts"]) for b in buckets) == [(2, 2), (2, 2)]
+    assert sorted((b["count"], b["hosts"]) for b in buckets) == [(1, 1), (2, 2), (2, 2)]
     one_host = json.loads(
         crashes(tmp_path / "web1", "--db", postgresql, "--host", "web2", "--json").stdout
     )["buckets"]
-    assert sorted(b["count"] for b in one_host) == [1, 1]
+    assert sorted(b["count"] for b in one_host) == [1, 1, 1]
+    # The null crashes of both hosts and the reset crash of one: one family on two hosts.
+    families = json.loads(crashes(tmp_path, "--db", postgresql, "families", "--json").stdout)[
+        "families"
+    ]
+    assert sorted((f["count"], len(f["buckets"]), f["hosts"]) for f in families) == [
+        (2, 1, 2),
+        (3, 2, 2),
+    ]
+    assert any(f["site"] == "null-dereference | store_value" for f in families)
+    assert [dataclasses.asdict(f) for f in redhand.crash_families(db=postgresql)] == families
     text = crashes(tmp_path / "store-web1", "--db", postgresql).stdout
     assert "HOSTS" in text and "store_value | process_null" in text
     # The fleet's crashes, and one crash's report, by a prefix of its id.
     listed_crashes = json.loads(crashes(tmp_path, "--db", postgresql, "list", "--json").stdout)
     fleet = listed_crashes["crashes"]
-    assert len(fleet) == 4 and {c["host"] for c in fleet} == {"web1", "web2"}
+    assert len(fleet) == 5 and {c["host"] for c in fleet} == {"web1", "web2"}
     one = next(c for c in fleet if c["kind"] == "null-dereference")
     shown = json.loads(
         crashes(tmp_path, "--db", postgresql, "show", one["id"][:10], "--json").stdout

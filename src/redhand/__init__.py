@@ -19,7 +19,14 @@ if TYPE_CHECKING:
     from redhand.capture.gcore import GcoreResult, gcore
     from redhand.capture.run import Run, RunResult, run
     from redhand.capture.watch import Caught, Watch, watch
-    from redhand.collect.query import CrashBucket, CrashRecord, crash_buckets, crash_list
+    from redhand.collect.query import (
+        CrashBucket,
+        CrashFamily,
+        CrashRecord,
+        crash_buckets,
+        crash_families,
+        crash_list,
+    )
     from redhand.dynlink import linkage
     from redhand.errors import (
         AlreadyTraced,
@@ -82,7 +89,9 @@ _LAZY = {
     "allocs": "redhand.capture.allocs",
     "crash_buckets": "redhand.collect.query",
     "crash_list": "redhand.collect.query",
+    "crash_families": "redhand.collect.query",
     "CrashBucket": "redhand.collect.query",
+    "CrashFamily": "redhand.collect.query",
     "CrashRecord": "redhand.collect.query",
     "Module": "redhand.target.module",
     "Target": "redhand.target.target",
@@ -108,6 +117,7 @@ __all__ = [
     "Backtrace",
     "Caught",
     "CrashBucket",
+    "CrashFamily",
     "CrashRecord",
     "ElfError",
     "EndReason",
@@ -137,6 +147,7 @@ __all__ = [
     "allocs",
     "attach",
     "crash_buckets",
+    "crash_families",
     "crash_list",
     "gcore",
     "linkage",

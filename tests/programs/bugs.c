@@ -4,8 +4,9 @@
  *
  * BUG: null (a store through a NULL pointer in store_value), strlen (strlen of NULL in
  * measure), assert (a failed assertion in check_value), recurse (unbounded recursion in
- * descend).  WHERE: main, or thread (a thread the program starts).  Each bug sits two
- * calls below run_bug, whatever the entry: process_BUG, then the function that fails.
+ * descend), reset (the null bug reached from another caller: the same crash site, another
+ * path).  WHERE: main, or thread (a thread the program starts).  Each bug sits two calls
+ * below run_bug, whatever the entry: process_BUG, then the function that fails.
  */
 #include <assert.h>
 #include <pthread.h>
@@ -17,6 +18,7 @@ volatile int counter;
 
 NOINLINE void store_value(int *p) { *p = 1; counter++; }
 NOINLINE void process_null(void) { store_value(NULL); counter++; }
+NOINLINE void process_reset(void) { counter = 0; store_value(NULL); counter++; }
 
 NOINLINE size_t measure(const char *text) { size_t n = strlen(text); counter++; return n; }
 NOINLINE void process_strlen(const char *text) { counter += (int)measure(text); }
@@ -42,6 +44,8 @@ NOINLINE void run_bug(void)
 		process_strlen(counter > 1000 ? "" : NULL);
 	else if (strcmp(bug, "assert") == 0)
 		process_assert(counter - 1);
+	else if (strcmp(bug, "reset") == 0)
+		process_reset();
 	else
 		process_recurse();
 	counter++;

@@ -173,9 +173,10 @@ def analyze(
             connection.execute("BEGIN IMMEDIATE")
             connection.execute(
                 "UPDATE crashes SET status = 'analyzed', report = ?, signature = ?, bucket = ?, "
-                "sig_version = ?, kind = ?, frames = ?, exe = COALESCE(exe, ?) WHERE id = ?",
+                "sig_version = ?, kind = ?, frames = ?, family = ?, exe = COALESCE(exe, ?) "
+                "WHERE id = ?",
                 (packed, found.text, found.key, found.version, found.kind,
-                 json.dumps(found.frames), report.get("exe"), crash_id),
+                 json.dumps(found.frames), found.family, report.get("exe"), crash_id),
             )  # fmt: skip
             _fill_from_report(connection, crash_id, report)
             when = connection.execute(

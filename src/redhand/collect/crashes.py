@@ -2,6 +2,7 @@
 
     redhand crashes [--store DIR] [FILTERS] [--json]      buckets: count, first and last seen
     redhand crashes list [FILTERS] [--json]               every crash, newest first
+    redhand crashes families [FILTERS] [--json]           buckets of one crash site together
     redhand crashes show BUCKET|CRASH [--json]            a crash's report, or a bucket's crashes
     redhand crashes dump CRASH -o FILE                    the core, decompressed, sparse
     redhand crashes debug CRASH                           gdb on the program and its core
@@ -10,7 +11,7 @@
     redhand crashes du                                    the store's size
     redhand crashes prune [--cores-older-than 30d] [--records-older-than 180d]
     redhand crashes push --to postgresql://...            send the analyzed crashes to a fleet
-    redhand crashes --db URL [list|show ID] [FILTERS]     the fleet's buckets or crashes (--host)
+    redhand crashes --db URL [list|families|show ID]      the fleet's buckets or crashes (--host)
     redhand crashes [--db URL] serve [--listen 127.0.0.1] [--port 8420]  a read-only web page
 
 FILTERS: ``--exe PATH-OR-NAME``, ``--pid N``, ``--kind KIND``, ``--since``
@@ -34,9 +35,11 @@ from typing import Any
 
 from redhand.collect.query import (
     CrashBucket,
+    CrashFamily,
     CrashFilter,
     CrashRecord,
     crash_frames,
+    families_of,
     fleet_buckets,
     fleet_list,
     fleet_record,
@@ -58,6 +61,7 @@ def _store_exit(error: StoreError) -> int:
 _VERBS = [
     "buckets",
     "list",
+    "families",
     "show",
     "dump",
     "debug",
@@ -164,6 +168,7 @@ def main(argv: list[str]) -> int:
         verb = {
             "buckets": _buckets,
             "list": _list,
+            "families": _families,
             "show": _show,
             "dump": _dump,
             "push": _push,
@@ -195,20 +200,48 @@ def _buckets(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace)
     return 0
 
 
+def _line(key: str, count: object, middle: object, first: object, last: object, text: str) -> str:
+    """A line of the bucket and family tables (their headings too)."""
+    return f"{key[:12]:<12} {count:>6} {middle:>7}  {first:<19}  {last:<19}  {text[:200]}"
+
+
 def _print_buckets(found: list[CrashBucket]) -> None:
     fleet = any(bucket.hosts is not None for bucket in found)
     many, how_many = ("HOSTS", "hosts") if fleet else ("CORES", "cores")
-    print(
-        f"{'BUCKET':<12} {'COUNT':>6} {many:>5}  {'FIRST SEEN':<19}  {'LAST SEEN':<19}  "
-        "PROGRAM: SIGNATURE"
-    )
+    print(_line("BUCKET", "COUNT", many, "FIRST SEEN", "LAST SEEN", "PROGRAM: SIGNATURE"))
     for bucket in found:
         name = (bucket.exe or "?").rsplit("/", 1)[-1]
         print(
-            f"{bucket.bucket[:12]:<12} {bucket.count:>6} {getattr(bucket, how_many):>5}  "
-            f"{stamp(bucket.first_seen)}  {stamp(bucket.last_seen)}  "
-            f"{name}: {bucket.signature[:160]}"
-        )
+            _line(bucket.bucket, bucket.count, getattr(bucket, how_many),
+                  stamp(bucket.first_seen), stamp(bucket.last_seen),
+                  f"{name}: {bucket.signature}")
+        )  # fmt: skip
+
+
+def _families(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
+    found, _waiting = store_buckets(connection, _filter(args))
+    return _print_families(found, families_of(found), args.json)
+
+
+def _print_families(found: list[CrashBucket], families: list[CrashFamily], as_json: bool) -> int:
+    if as_json:
+        document = [dataclasses.asdict(family) for family in families]
+        print(json.dumps({"redhand": 1, "kind": "crash-families", "families": document}))
+        return 0
+    signatures = {bucket.bucket: bucket for bucket in found}
+    print(_line("FAMILY", "COUNT", "BUCKETS", "FIRST SEEN", "LAST SEEN", "PROGRAM: CRASH SITE"))
+    for family in families:
+        name = (family.exe or "?").rsplit("/", 1)[-1]
+        print(
+            _line(family.family, family.count, len(family.buckets), stamp(family.first_seen),
+                  stamp(family.last_seen), f"{name}: {family.site}")
+        )  # fmt: skip
+        if len(family.buckets) > 1:  # each way to the site: the bucket and its own frames
+            for key in family.buckets:
+                bucket = signatures[key]
+                rest = bucket.signature[len(family.site) :].lstrip(" |") or "(the site itself)"
+                print(f"  bucket {key[:12]} {bucket.count:>6}  ... | {rest[:160]}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -243,12 +276,17 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _fleet(args: argparse.Namespace) -> int:
     """``--db``: the fleet's buckets, its crashes, or one crash's report."""
-    verbs = {"buckets": _fleet_buckets, "list": _fleet_list, "show": _fleet_show}
+    verbs = {
+        "buckets": _fleet_buckets,
+        "list": _fleet_list,
+        "show": _fleet_show,
+        "families": _fleet_families,
+    }
     verb = verbs.get(args.verb)
     if verb is None:
         print(
             f"redhand crashes {args.verb}: not with --db (a fleet's database has buckets, "
-            "list and show, and serve; the rest works on a machine's store)",
+            "list, families and show, and serve; the rest works on a machine's store)",
             file=sys.stderr,
         )
         return 2
@@ -280,6 +318,15 @@ def _fleet_show(args: argparse.Namespace) -> int:
         None, record["report"], record["host"], record["container"],
     )  # fmt: skip
     return 0
+
+
+def _fleet_families(args: argparse.Namespace) -> int:
+    from redhand.collect.fleet import family_hosts
+
+    found = fleet_buckets(args.db, _filter(args))
+    where, values = _filter(args).where("%s", "EXTRACT(EPOCH FROM time)")
+    families = families_of(found, family_hosts(args.db, where, values))
+    return _print_families(found, families, args.json)
 
 
 def _fleet_buckets(args: argparse.Namespace) -> int:
@@ -550,6 +597,7 @@ def _rebucket(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace
             "WHERE id = ? AND bucket IS NOT ?",
             (found.text, found.key, found.version, found.kind, crash_id, found.key),
         ).rowcount
+        connection.execute("UPDATE crashes SET family = ? WHERE id = ?", (found.family, crash_id))
         connection.execute(
             "INSERT INTO buckets (key, signature, exe, kind, first_seen, last_seen, count) "
             "VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (key) DO UPDATE SET count = count + 1, "

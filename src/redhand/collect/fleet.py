@@ -43,6 +43,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE redhand_crashes ADD COLUMN IF NOT EXISTS container text;
     """,
+    # 4: its bucket's family (one crash site reached from different callers)
+    """
+    ALTER TABLE redhand_crashes ADD COLUMN IF NOT EXISTS family text;
+    """,
 ]
 
 
@@ -80,7 +84,8 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
     host = host or socket.gethostname()
     rows = store_connection.execute(
         "SELECT id, time, pid, signal, uid, exe, comm, kind, bucket, signature, sig_version, "
-        "core_bytes, core IS NOT NULL, container, report FROM crashes WHERE status = 'analyzed'"
+        "core_bytes, core IS NOT NULL, container, family, report FROM crashes "
+        "WHERE status = 'analyzed'"
     ).fetchall()
     decompress = zstandard.ZstdDecompressor().decompress
     connection = connect(url)
@@ -94,43 +99,65 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
                 cursor.execute(
                     "INSERT INTO redhand_crashes (id, host, time, pid, signal, uid, exe, comm, "
                     "kind, bucket, signature, sig_version, core_bytes, core_kept, container, "
-                    "report) VALUES (%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-                    (fields[0], host, *fields[1:12], bool(fields[12]), fields[13],
+                    "family, report) VALUES (%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    (fields[0], host, *fields[1:12], bool(fields[12]), fields[13], fields[14],
                      json.dumps(document) if document is not None else None),
                 )  # fmt: skip
                 sent += cursor.rowcount
+                if not cursor.rowcount and fields[14] is not None:  # sent before families
+                    cursor.execute(
+                        "UPDATE redhand_crashes SET family = %s WHERE id = %s AND family IS NULL",
+                        (fields[14], fields[0]),
+                    )
         connection.commit()
         return sent
     finally:
         connection.close()
 
 
-def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]:
-    """The fleet's buckets, the most crashes first: (bucket, crashes, cores kept, hosts,
-    first seen, last seen, kind, exe, signature)."""
+def query(url: str, statement: str, values: list[object]) -> list[tuple[Any, ...]]:
+    """The rows of one query of the fleet's database (its schema brought up to date)."""
     connection = connect(url)
     try:
         migrate(connection)
         with connection.cursor() as cursor:
-            # Counted per (bucket, host) first, then per bucket: half the time of one
-            # GROUP BY with COUNT(DISTINCT host); the words of a bucket are its latest crash's.
-            cursor.execute(
-                "WITH per_host AS (SELECT bucket, host, COUNT(*) AS n, "
-                "COUNT(*) FILTER (WHERE core_kept) AS cores, MIN(time) AS first, "
-                f"MAX(time) AS last FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL "
-                "GROUP BY bucket, host), per_bucket AS (SELECT bucket, SUM(n)::bigint AS n, "
-                "SUM(cores)::bigint AS cores, "
-                "COUNT(*) AS hosts, MIN(first) AS first, MAX(last) AS last FROM per_host "
-                "GROUP BY bucket) "
-                "SELECT b.bucket, n, cores, hosts, EXTRACT(EPOCH FROM first)::float8, "
-                "EXTRACT(EPOCH FROM last)::float8, "
-                "latest.kind, latest.exe, latest.signature FROM per_bucket b CROSS JOIN LATERAL "
-                "(SELECT kind, exe, signature FROM redhand_crashes c "
-                f"WHERE c.bucket = b.bucket AND {where} ORDER BY time DESC LIMIT 1) latest "
-                "ORDER BY n DESC, last DESC",
-                [*values, *values],
-            )
+            cursor.execute(statement, values)
             return list(cursor.fetchall())
     finally:
         connection.close()
+
+
+def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]:
+    """The fleet's buckets, the most crashes first: (bucket, crashes, cores kept, hosts,
+    first seen, last seen, kind, exe, signature, family)."""
+    # Counted per (bucket, host) first, then per bucket: half the time of one GROUP BY with
+    # COUNT(DISTINCT host); the words of a bucket are its latest crash's.
+    return query(
+        url,
+        "WITH per_host AS (SELECT bucket, host, COUNT(*) AS n, "
+        "COUNT(*) FILTER (WHERE core_kept) AS cores, MIN(time) AS first, "
+        f"MAX(time) AS last FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL "
+        "GROUP BY bucket, host), per_bucket AS (SELECT bucket, SUM(n)::bigint AS n, "
+        "SUM(cores)::bigint AS cores, "
+        "COUNT(*) AS hosts, MIN(first) AS first, MAX(last) AS last FROM per_host "
+        "GROUP BY bucket) "
+        "SELECT b.bucket, n, cores, hosts, EXTRACT(EPOCH FROM first)::float8, "
+        "EXTRACT(EPOCH FROM last)::float8, "
+        "latest.kind, latest.exe, latest.signature, latest.family FROM per_bucket b "
+        "CROSS JOIN LATERAL (SELECT kind, exe, signature, family FROM redhand_crashes c "
+        f"WHERE c.bucket = b.bucket AND {where} ORDER BY time DESC LIMIT 1) latest "
+        "ORDER BY n DESC, last DESC",
+        [*values, *values],
+    )
+
+
+def family_hosts(url: str, where: str, values: list[object]) -> dict[str, int]:
+    """On how many hosts each family was seen (a bucket without a family counts as one)."""
+    rows = query(
+        url,
+        "SELECT COALESCE(family, bucket), COUNT(DISTINCT host) FROM redhand_crashes "
+        f"WHERE {where} AND bucket IS NOT NULL GROUP BY 1",
+        values,
+    )
+    return {key: int(count) for key, count in rows}

@@ -71,6 +71,57 @@ class CrashBucket:
     exe: str | None
     signature: str
     hosts: int | None = None
+    family: str | None = None  # the key of its family: the buckets of one crash site
+
+
+@dataclass(frozen=True)
+class CrashFamily:
+    """The buckets of one crash site reached from different callers (the signature without
+    the caller's frame): ``site`` is what their signatures share, ``buckets`` their keys,
+    the most crashes first."""
+
+    family: str
+    count: int
+    buckets: list[str]
+    first_seen: float
+    last_seen: float
+    kind: str | None
+    exe: str | None
+    site: str
+    hosts: int | None = None
+
+
+def families_of(found: list[CrashBucket], hosts: dict[str, int] | None = None) -> list[CrashFamily]:
+    """The families of some buckets (the most crashes first); a bucket analyzed before
+    families were made (no family until ``rebucket``) is a family of its own."""
+    groups: dict[str, list[CrashBucket]] = {}
+    for bucket in found:
+        groups.setdefault(bucket.family or bucket.bucket, []).append(bucket)
+    families = []
+    for key, members in groups.items():
+        members.sort(key=lambda bucket: (-bucket.count, -bucket.last_seen))
+        parts = [bucket.signature.split(" | ") for bucket in members]
+        shared = parts[0]
+        for other in parts[1:]:
+            length = 0
+            while length < min(len(shared), len(other)) and shared[length] == other[length]:
+                length += 1
+            shared = shared[:length]
+        families.append(
+            CrashFamily(
+                family=key,
+                count=sum(bucket.count for bucket in members),
+                buckets=[bucket.bucket for bucket in members],
+                first_seen=min(bucket.first_seen for bucket in members),
+                last_seen=max(bucket.last_seen for bucket in members),
+                kind=members[0].kind,
+                exe=members[0].exe,
+                site=" | ".join(shared) or members[0].signature,
+                hosts=None if hosts is None else hosts.get(key),
+            )
+        )
+    families.sort(key=lambda family: (-family.count, -family.last_seen))
+    return families
 
 
 @dataclass(frozen=True)
@@ -109,8 +160,8 @@ def store_buckets(
     where, values = filter.where()
     rows = connection.execute(
         "SELECT bucket, COUNT(*), SUM(core IS NOT NULL), MIN(time), MAX(time), MAX(kind), "
-        f"MAX(exe), MAX(signature) FROM crashes WHERE {where} AND bucket IS NOT NULL "
-        "GROUP BY bucket ORDER BY COUNT(*) DESC, MAX(time) DESC",
+        f"MAX(exe), MAX(signature), NULL, MAX(family) FROM crashes WHERE {where} "
+        "AND bucket IS NOT NULL GROUP BY bucket ORDER BY COUNT(*) DESC, MAX(time) DESC",
         values,
     ).fetchall()
     waiting = connection.execute(
@@ -125,9 +176,10 @@ def fleet_buckets(url: str, filter: CrashFilter) -> list[CrashBucket]:
 
     where, values = filter.where("%s", "EXTRACT(EPOCH FROM time)")
     return [
-        CrashBucket(key, count, cores, first, last, kind, exe, text, hosts)
-        for key, count, cores, hosts, first, last, kind, exe, text in buckets(url, where, values)
-    ]
+        CrashBucket(key, count, cores, first, last, kind, exe, text, hosts, family)
+        for key, count, cores, hosts, first, last, kind, exe, text, family
+        in buckets(url, where, values)
+    ]  # fmt: skip
 
 
 def store_list(connection: sqlite3.Connection, filter: CrashFilter) -> list[CrashRecord]:
@@ -149,22 +201,16 @@ def store_list(connection: sqlite3.Connection, filter: CrashFilter) -> list[Cras
 def fleet_list(url: str, filter: CrashFilter) -> list[CrashRecord]:
     """The crashes of a fleet's PostgreSQL, the newest first (all analyzed: only those are
     sent)."""
-    from redhand.collect.fleet import connect, migrate
+    from redhand.collect.fleet import query
 
     where, values = filter.where("%s", "EXTRACT(EPOCH FROM time)")
-    connection = connect(url)
-    try:
-        migrate(connection)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT id, EXTRACT(EPOCH FROM time)::float8, pid, signal, exe, comm, kind, "
-                f"bucket, core_kept, container, host FROM redhand_crashes WHERE {where} "
-                "ORDER BY time DESC",
-                values,
-            )
-            rows = cursor.fetchall()
-    finally:
-        connection.close()
+    rows = query(
+        url,
+        "SELECT id, EXTRACT(EPOCH FROM time)::float8, pid, signal, exe, comm, kind, "
+        f"bucket, core_kept, container, host FROM redhand_crashes WHERE {where} "
+        "ORDER BY time DESC",
+        values,
+    )
     return [
         CrashRecord(
             i, t, pid, sig, exe, comm, kind, bucket, bool(kept), "analyzed", None, container, host
@@ -230,6 +276,20 @@ def crash_buckets(
         return store_buckets(connection, chosen)[0]
     finally:
         connection.close()
+
+
+def crash_families(
+    store: str = DEFAULT_STORE, *, db: str | None = None, **filter: object
+) -> list[CrashFamily]:
+    """The families of :func:`crash_buckets`' buckets: one crash site each, reached from
+    different callers (in a fleet's database with the hosts each was seen on)."""
+    found = crash_buckets(store, db=db, **filter)
+    if db is None:
+        return families_of(found)
+    from redhand.collect.fleet import family_hosts
+
+    where, values = CrashFilter(**filter).where("%s", "EXTRACT(EPOCH FROM time)")  # type: ignore[arg-type]
+    return families_of(found, family_hosts(db, where, values))
 
 
 def crash_list(store: str = DEFAULT_STORE, **filter: object) -> list[CrashRecord]:

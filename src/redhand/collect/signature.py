@@ -29,6 +29,12 @@ crash, and crashes with the same signature share a bucket.  Version 1:
 The text is the parts joined by `` | ``; the key is SHA-256 of the version,
 the executable's name and the text.  Program versions and build-ids are
 per-crash facts, not part of the key, so a rebuild does not split a bucket.
+
+7. A family gathers the buckets of one crash site reached from different
+   callers: the signature without its last frame (the caller of the
+   program's function that crashed) when it has two frames or more; a
+   recursion's family is the cycle.  Its key is SHA-256 of the version, the
+   executable's name, ``family`` and that text.
 """
 
 from __future__ import annotations
@@ -117,6 +123,8 @@ class Signature:
     version: int
     kind: str
     frames: tuple[str, ...]
+    family: str = ""  # the key of the buckets of the same crash site (see point 7)
+    family_text: str = ""
 
 
 def _token(frame: dict[str, object], exe: str | None, biases: dict[str, int]) -> tuple[str, bool]:
@@ -187,7 +195,17 @@ def signature(report: dict[str, object]) -> Signature:
     head = [kind] + ([said] if said else [])
     text = " | ".join(head + parts)
     key = hashlib.sha256(f"{VERSION}\0{exe_name}\0{text}".encode()).hexdigest()
-    return Signature(text, key, VERSION, kind, tuple(token for token, _ in tokens))
+    family_text = " | ".join(head + (parts[:-1] if len(parts) >= 2 else parts))
+    family = hashlib.sha256(f"{VERSION}\0{exe_name}\0family\0{family_text}".encode())
+    return Signature(
+        text,
+        key,
+        VERSION,
+        kind,
+        tuple(token for token, _ in tokens),
+        family.hexdigest(),
+        family_text,
+    )
 
 
 def _crashing_thread(report: dict[str, object], tid: object) -> dict[str, object] | None:

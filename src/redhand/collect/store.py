@@ -24,7 +24,7 @@ import time
 DEFAULT_STORE = "/var/lib/redhand"
 DATABASE = "crashes.db"
 SPOOL = "spool"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS crashes (
@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS crashes (
     status TEXT NOT NULL,           -- 'collected', 'analyzed', 'failed'
     attempts INTEGER NOT NULL DEFAULT 0,
     report BLOB,                    -- the crash report (JSON, zstd)
-    signature TEXT, bucket TEXT, sig_version INTEGER, kind TEXT, frames TEXT
+    signature TEXT, bucket TEXT, sig_version INTEGER, kind TEXT, frames TEXT,
+    family TEXT                     -- the key of its bucket's family (one crash site)
 );
 CREATE INDEX IF NOT EXISTS crashes_bucket ON crashes (bucket, time);
 CREATE INDEX IF NOT EXISTS crashes_exe ON crashes (exe, time);
@@ -148,6 +149,7 @@ _MIGRATIONS = {
         "ALTER TABLE crashes ADD COLUMN cgroup TEXT",
         "ALTER TABLE crashes ADD COLUMN container TEXT",
     ],
+    3: ["ALTER TABLE crashes ADD COLUMN family TEXT"],  # filled by the analysis, or rebucket
 }
 
 
