@@ -819,11 +819,13 @@ def cells(row: Any) -> list[str]:
 
 def test_the_web_page_in_a_real_browser(tmp_path: Path) -> None:
     """``redhand crashes serve`` opened in Debian's chromium, headless: the buckets, the chart,
-    a bucket followed to its signature, its crashes and its latest report."""
+    a bucket followed to its signature, its crashes and its latest report, and to the other
+    bucket of its family."""
     built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
     store = tmp_path / "store"
     with world_readable_copy(built) as exe:
-        for bug, where in (("null", "main"), ("null", "thread"), ("assert", "main")):
+        for bug, where in (("null", "main"), ("null", "thread"), ("assert", "main"),
+                           ("reset", "main")):  # fmt: skip
             crash = crash_into_core([str(exe), bug, where], tmp_path / bug / where)
             collect(store, crash.core, comm=f"bugs-{bug}-{where}")
         assert crashes(store, "analyze").returncode == 0
@@ -831,7 +833,7 @@ def test_the_web_page_in_a_real_browser(tmp_path: Path) -> None:
         browser.get(url)
         assert "crash buckets" in browser.title
         rows = browser.find_elements("css selector", "#buckets tr")[1:]
-        assert sorted(cells(row)[1] for row in rows) == ["1", "2"]
+        assert sorted(cells(row)[1] for row in rows) == ["1", "1", "2"]
         assert browser.find_elements("css selector", "#chart rect")
         twice = next(row for row in rows if cells(row)[1] == "2")
         twice.find_element("css selector", "a").click()
@@ -840,6 +842,13 @@ def test_the_web_page_in_a_real_browser(tmp_path: Path) -> None:
         assert len(browser.find_elements("css selector", "#crashes tr")) == 3
         assert "null" in browser.find_element("css selector", "#explanation").text.lower()
         assert "store_value" in browser.find_element("css selector", "#frames").text
+        bucket_page = browser.current_url
+        (sibling,) = browser.find_elements("css selector", "#family tr")[1:]
+        assert "store_value | process_reset" in cells(sibling)[2]
+        sibling.find_element("css selector", "a").click()
+        assert "process_reset" in browser.find_element("css selector", "#signature").text
+        assert "process_null" in browser.find_element("css selector", "#family").text
+        browser.get(bucket_page)
         browser.find_element("css selector", "#crashes tr td a").click()
         assert "crash " in browser.title
         assert "store_value" in browser.find_element("css selector", "#frames").text
@@ -859,7 +868,7 @@ def test_the_web_page_in_a_real_browser(tmp_path: Path) -> None:
         browser.get(url)
         assert len(browser.find_elements("css selector", "#buckets tr")) == 501
         browser.find_element("link text", "all of them").click()
-        assert len(browser.find_elements("css selector", "#buckets tr")) == 603
+        assert len(browser.find_elements("css selector", "#buckets tr")) == 604
 
 
 def test_the_fleets_web_page_in_a_real_browser(tmp_path: Path, postgresql: str) -> None:

@@ -78,6 +78,14 @@ the newest {{ shown }} listed{% endif %}</p>
 <td class="n">{{ c.pid }}</td><td>{{ c.program }}</td><td>{{ c.core }}</td></tr>
 {% endfor %}
 </table>
+{% if siblings %}<h2>the same crash site, from other callers</h2>
+<table id="family">
+<tr><th>bucket</th><th>crashes</th><th>signature</th></tr>
+{% for b in siblings %}
+<tr><td><a href="/bucket/{{ b.key }}">{{ b.key[:12] }}</a></td><td class="n">{{ b.count }}</td>
+<td><code>{{ b.signature }}</code></td></tr>
+{% endfor %}
+</table>{% endif %}
 {% if report %}<h2>the latest crash</h2>{{ report | safe }}{% endif %}
 """
 
@@ -127,6 +135,15 @@ class Crash:
 
 
 _SHOWN = 500  # buckets (the most crashes) and crashes of a bucket (the newest) listed at most
+
+
+def _siblings_sql(mark: str, table: str) -> str:
+    """The other buckets of a bucket's family: (key, signature, crashes), the most first."""
+    return (
+        f"SELECT bucket, MAX(signature), COUNT(*) FROM {table} WHERE family = (SELECT family "
+        f"FROM {table} WHERE bucket = {mark} AND family IS NOT NULL LIMIT 1) AND bucket <> {mark} "
+        "GROUP BY bucket ORDER BY COUNT(*) DESC"
+    )
 
 
 class StoreSource:
@@ -192,6 +209,9 @@ class StoreSource:
         found = self._crashes("id", crash_id)
         return found[0] if found else None
 
+    def siblings(self, key: str) -> list[tuple[str, str, int]]:
+        return self._query(_siblings_sql("?", "crashes"), (key, key))
+
 
 class FleetSource:
     """A fleet's crashes in PostgreSQL (``redhand crashes push``), one connection per request."""
@@ -249,6 +269,9 @@ class FleetSource:
     def crash(self, crash_id: str) -> Crash | None:
         found = self._crashes("id", crash_id)
         return found[0] if found else None
+
+    def siblings(self, key: str) -> list[tuple[str, str, int]]:
+        return self._query(_siblings_sql("%s", "redhand_crashes"), (key, key))
 
 
 Source = StoreSource | FleetSource
@@ -337,6 +360,10 @@ def make_app(source: Source) -> Any:
             first=stamp(crashes[-1].time),
             last=stamp(crashes[0].time),
             crashes=listed,
+            siblings=[
+                {"key": other, "signature": text, "count": n}
+                for other, text, n in source.siblings(key)
+            ],
             report=report_html(crashes[0].report),
         )
 
