@@ -133,3 +133,14 @@ def crash_through_the_kernel(
         assert time.monotonic() < deadline, rows(store)
         time.sleep(0.1)
     return rows(store)[before]
+
+
+def in_a_container(root: Path, hostname: str) -> list[str]:
+    """The command words that run a program as in a container: ``root`` as its root, in a
+    mount namespace, and ``hostname`` as its host name (a UTS namespace of its own)."""
+    enter = (
+        "import os, socket, sys; socket.sethostname(sys.argv[1]); "
+        "os.execvp('unshare', ['unshare', '--mount', '--root=' + sys.argv[2], '--wd=/', "
+        "*sys.argv[3:]])"
+    )
+    return ["unshare", "--uts", "--", sys.executable, "-c", enter, hostname, str(root)]

@@ -30,6 +30,7 @@ from collect_helpers import (
     container_root,
     crash_through_the_kernel,
     crashes,
+    in_a_container,
     rows,
     wait_for_status,
 )
@@ -650,11 +651,9 @@ def test_install_and_uninstall_put_the_core_pattern_back(tmp_path: Path) -> None
         # A program that only a container has: named from the container's own root.
         root = container_root(tmp_path, {"bugs": built})
         contained = crash_through_the_kernel(
-            store,
-            ["unshare", "--mount", f"--root={root}", "--wd=/", "/opt/app/bugs", "null", "main"],
-            signal.SIGSEGV,
+            store, [*in_a_container(root, "box"), "/opt/app/bugs", "null", "main"], signal.SIGSEGV
         )
-        assert str(contained["exe"]).endswith("/opt/app/bugs")
+        assert str(contained["exe"]).endswith("/opt/app/bugs") and contained["hostname"] == "box"
         assert "store_value | process_null" in str(contained["signature"]), contained["note"]
     finally:
         undone = subprocess.run(

@@ -22,6 +22,7 @@ from collect_helpers import (
     container_root,
     crash_through_the_kernel,
     crashes,
+    in_a_container,
     rows,
 )
 from helpers import compile_c
@@ -148,15 +149,15 @@ def test_crashes_through_the_kernels_socket(tmp_path: Path) -> None:
             assert last["core_bytes"] == 0 and last["core"] is None
             assert "crash loop" in str(last["note"])
             assert sum(bool(row["core_stored"]) for row in rows(store)) == 10
-            # A program only a container has.
+            # A program only a container has, with a host name of its own.
             root = container_root(tmp_path, {"bugs": built})
             contained = crash_through_the_kernel(
                 store,
-                ["unshare", "--mount", f"--root={root}", "--wd=/", "/opt/app/bugs",
-                 "strlen", "main"],
+                [*in_a_container(root, "box"), "/opt/app/bugs", "strlen", "main"],
                 signal.SIGSEGV,
-            )  # fmt: skip
+            )
             assert "process_strlen" in str(contained["signature"]), contained["note"]
+            assert contained["hostname"] == "box"
         assert CORE_PATTERN.read_text().strip() == before
         listed = crashes(store, "list")
         assert listed.returncode == 0 and listed.stdout.count("\n") == 12

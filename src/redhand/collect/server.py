@@ -64,6 +64,7 @@ PIDFD_COREDUMPED = 1 << 0
 PIDFD_COREDUMP_USER = 1 << 2
 PIDFD_COREDUMP_ROOT = 1 << 3
 _PIDFD_INFO = struct.Struct("<QQ" + "I" * 11 + "iII")  # 72 bytes: ... coredump_mask, _signal
+_CLONE_NEWUTS = 0x04000000
 _PIDFD_GET_INFO = (3 << 30) | (_PIDFD_INFO.size << 16) | (0xFF << 8) | 11
 
 
@@ -177,7 +178,7 @@ def _crash(connection: socket.socket, store: str, analyze: bool) -> int:
         str(peer.uid),
         str(peer.gid),
         "3",
-        socket.gethostname(),
+        _their_hostname(pidfd),
         comm,
     ]
     # The core on standard input and the pidfd on fd 3, as the kernel gives them to a pipe
@@ -190,6 +191,17 @@ def _crash(connection: socket.socket, store: str, analyze: bool) -> int:
     if stream != 3:
         os.close(stream)
     return collect(argv, store, analyze=analyze)
+
+
+def _their_hostname(pidfd: int) -> str:
+    """The host name the crashed process saw (its UTS namespace: a container's own), as
+    ``%h`` gives a pipe.  This child joins that namespace: it has no other use for its own."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(pidfd, _CLONE_NEWUTS) != 0:
+        log.debug("setns: %s", os.strerror(ctypes.get_errno()))
+    return socket.gethostname()
 
 
 def _looping(store: str, exe: str | None, comm: str) -> bool:
@@ -272,7 +284,9 @@ def serve(
     finally:
         os.close(store_fd)
     server = _listen(path)
-    import zstandard  # noqa: F401  (once here, not in every crash's child)
+    import ctypes  # noqa: F401  (once here, not in every crash's child)
+
+    import zstandard  # noqa: F401
 
     previous = None
     stop = False
