@@ -7,8 +7,8 @@
 2. 50 and 200 collectors at once (the same small core, different programs): wall time until
    all are stored; all stored, none lost.
 3. The collector's start: import time (``python -X importtime``) and peak memory.
-4. ``redhand crashes`` (the bucket table) and ``redhand crashes list --since 1d`` over 100,000
-   crash records in 5,000 buckets.
+4. ``redhand crashes`` (the bucket table), ``redhand crashes list --since 1d`` and
+   ``redhand crashes families`` over 100,000 crash records in 5,000 buckets (three to a family).
 5. The same 100,000 records of 20 hosts in PostgreSQL (a private cluster of Debian's
    postgresql, on a unix socket): ``redhand crashes --db`` and ``--db --host``; and the web
    page's bucket table (``serve``, one request) from the store and from PostgreSQL.
@@ -116,9 +116,11 @@ def at_once(store: Path, core: Path, count: int) -> tuple[float, int]:
 
 def fleet_rows(
     records: int, buckets: int
-) -> Iterator[tuple[str, float, int, int, str, str, str, str]]:
+) -> Iterator[tuple[str, float, int, int, str, str, str, str, str]]:
+    """Crash records: ``buckets`` buckets, three to a family (one crash site, three callers)."""
     now = time.time()
     for n in range(records):
+        bucket = n % buckets
         yield (
             os.urandom(16).hex(),
             now - n * 30,
@@ -126,8 +128,9 @@ def fleet_rows(
             11,
             f"/usr/bin/prog{n % 97}",
             "null-dereference",
-            f"{n % buckets:064x}",
-            f"null-dereference | f{n % buckets} | g",
+            f"{bucket:064x}",
+            f"null-dereference | f{bucket // 3} | g{bucket % 3}",
+            f"f{bucket // 3:063x}",
         )
 
 
@@ -141,7 +144,7 @@ def fill(store: Path, records: int, buckets: int) -> None:
     now = time.time()
     connection.executemany(
         "INSERT INTO crashes (id, time, collected, pid, signal, exe, kind, bucket, signature, "
-        "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "family, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ((crash_id, when, now, *rest, "analyzed")
          for crash_id, when, *rest in fleet_rows(records, buckets)),
     )  # fmt: skip
@@ -183,14 +186,14 @@ def fill_fleet(url: str, records: int, buckets: int, hosts: int) -> None:
     connection = connect(url)
     migrate(connection)
     with connection.cursor() as cursor:
-        columns = "id, host, time, pid, signal, exe, kind, bucket, signature, sig_version"
+        columns = "id, host, time, pid, signal, exe, kind, bucket, signature, family, sig_version"
         with cursor.copy(f"COPY redhand_crashes ({columns}) FROM STDIN") as copy:
-            for n, (crash_id, when, pid, sig, exe, kind, bucket, text) in enumerate(
+            for n, (crash_id, when, pid, sig, exe, kind, bucket, text, family) in enumerate(
                 fleet_rows(records, buckets)
             ):
                 stamp = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime(when))
                 copy.write_row((crash_id, f"host{n % hosts}", stamp, pid, sig, exe, kind, bucket,
-                                text, 1))  # fmt: skip
+                                text, family, 1))  # fmt: skip
         cursor.execute("ANALYZE redhand_crashes")
     connection.commit()
     connection.close()
@@ -280,6 +283,7 @@ def listing(folder: Path, runs: int, postgresql: bool) -> None:
     commands = [
         ("crashes (buckets)", ["--store", str(store)]),
         ("crashes list --since 1d", ["--store", str(store), "list", "--since", "1d"]),
+        ("crashes families", ["--store", str(store), "families"]),
     ]
     pages = [("store", ["--store", str(store)])]
     with contextlib.ExitStack() as stack:
@@ -291,6 +295,7 @@ def listing(folder: Path, runs: int, postgresql: bool) -> None:
             commands += [
                 ("crashes --db (buckets)", ["--db", url]),
                 ("crashes --db --host host7", ["--db", url, "--host", "host7"]),
+                ("crashes --db families", ["--db", url, "families"]),
             ]
             pages.append(("PostgreSQL", ["--db", url]))
         print(f"4. redhand crashes over 100,000 records in 5,000 buckets (medians of {runs})")

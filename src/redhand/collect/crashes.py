@@ -41,6 +41,7 @@ from redhand.collect.query import (
     crash_frames,
     families_of,
     fleet_buckets,
+    fleet_families,
     fleet_list,
     fleet_record,
     store_buckets,
@@ -321,12 +322,7 @@ def _fleet_show(args: argparse.Namespace) -> int:
 
 
 def _fleet_families(args: argparse.Namespace) -> int:
-    from redhand.collect.fleet import family_hosts
-
-    found = fleet_buckets(args.db, _filter(args))
-    where, values = _filter(args).where("%s", "EXTRACT(EPOCH FROM time)")
-    families = families_of(found, family_hosts(args.db, where, values))
-    return _print_families(found, families, args.json)
+    return _print_families(*fleet_families(args.db, _filter(args)), args.json)
 
 
 def _fleet_buckets(args: argparse.Namespace) -> int:

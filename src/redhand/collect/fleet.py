@@ -116,25 +116,33 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
         connection.close()
 
 
-def query(url: str, statement: str, values: list[object]) -> list[tuple[Any, ...]]:
-    """The rows of one query of the fleet's database (its schema brought up to date)."""
+def queries(url: str, *asked: tuple[str, list[object]]) -> list[list[tuple[Any, ...]]]:
+    """The rows of each query (a statement and its values), over one connection to the
+    fleet's database (its schema brought up to date first)."""
     connection = connect(url)
     try:
         migrate(connection)
+        answers = []
         with connection.cursor() as cursor:
-            cursor.execute(statement, values)
-            return list(cursor.fetchall())
+            for statement, values in asked:
+                cursor.execute(statement, values)
+                answers.append(list(cursor.fetchall()))
+        return answers
     finally:
         connection.close()
 
 
-def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]:
+def query(url: str, statement: str, values: list[object]) -> list[tuple[Any, ...]]:
+    """The rows of one query of the fleet's database."""
+    return queries(url, (statement, values))[0]
+
+
+def _buckets_query(where: str, values: list[object]) -> tuple[str, list[object]]:
     """The fleet's buckets, the most crashes first: (bucket, crashes, cores kept, hosts,
     first seen, last seen, kind, exe, signature, family)."""
     # Counted per (bucket, host) first, then per bucket: half the time of one GROUP BY with
     # COUNT(DISTINCT host); the words of a bucket are its latest crash's.
-    return query(
-        url,
+    return (
         "WITH per_host AS (SELECT bucket, host, COUNT(*) AS n, "
         "COUNT(*) FILTER (WHERE core_kept) AS cores, MIN(time) AS first, "
         f"MAX(time) AS last FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL "
@@ -152,12 +160,24 @@ def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]
     )
 
 
-def family_hosts(url: str, where: str, values: list[object]) -> dict[str, int]:
-    """On how many hosts each family was seen (a bucket without a family counts as one)."""
-    rows = query(
+def buckets(url: str, where: str, values: list[object]) -> list[tuple[Any, ...]]:
+    """The fleet's buckets (see :func:`_buckets_query`)."""
+    return query(url, *_buckets_query(where, values))
+
+
+def families(
+    url: str, where: str, values: list[object]
+) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+    """The fleet's buckets (see :func:`_buckets_query`) and on how many hosts each family was
+    seen (a bucket without a family is a family of its own), over one connection."""
+    found, hosts = queries(
         url,
-        "SELECT COALESCE(family, bucket), COUNT(DISTINCT host) FROM redhand_crashes "
-        f"WHERE {where} AND bucket IS NOT NULL GROUP BY 1",
-        values,
+        _buckets_query(where, values),
+        (  # (family, host) pairs first, then counted: as for the buckets, not COUNT(DISTINCT)
+            "SELECT family, COUNT(*) FROM (SELECT COALESCE(family, bucket) AS family, host "
+            f"FROM redhand_crashes WHERE {where} AND bucket IS NOT NULL GROUP BY 1, 2) pairs "
+            "GROUP BY family",
+            values,
+        ),
     )
-    return {key: int(count) for key, count in rows}
+    return found, {key: int(count) for key, count in hosts}

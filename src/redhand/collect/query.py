@@ -175,11 +175,24 @@ def fleet_buckets(url: str, filter: CrashFilter) -> list[CrashBucket]:
     from redhand.collect.fleet import buckets
 
     where, values = filter.where("%s", "EXTRACT(EPOCH FROM time)")
+    return _fleet_buckets(buckets(url, where, values))
+
+
+def _fleet_buckets(rows: list[tuple[Any, ...]]) -> list[CrashBucket]:
     return [
         CrashBucket(key, count, cores, first, last, kind, exe, text, hosts, family)
-        for key, count, cores, hosts, first, last, kind, exe, text, family
-        in buckets(url, where, values)
-    ]  # fmt: skip
+        for key, count, cores, hosts, first, last, kind, exe, text, family in rows
+    ]
+
+
+def fleet_families(url: str, filter: CrashFilter) -> tuple[list[CrashBucket], list[CrashFamily]]:
+    """The buckets of a fleet's PostgreSQL and their families, with the hosts of each."""
+    from redhand.collect.fleet import families
+
+    where, values = filter.where("%s", "EXTRACT(EPOCH FROM time)")
+    rows, hosts = families(url, where, values)
+    found = _fleet_buckets(rows)
+    return found, families_of(found, hosts)
 
 
 def store_list(connection: sqlite3.Connection, filter: CrashFilter) -> list[CrashRecord]:
@@ -283,13 +296,9 @@ def crash_families(
 ) -> list[CrashFamily]:
     """The families of :func:`crash_buckets`' buckets: one crash site each, reached from
     different callers (in a fleet's database with the hosts each was seen on)."""
-    found = crash_buckets(store, db=db, **filter)
-    if db is None:
-        return families_of(found)
-    from redhand.collect.fleet import family_hosts
-
-    where, values = CrashFilter(**filter).where("%s", "EXTRACT(EPOCH FROM time)")  # type: ignore[arg-type]
-    return families_of(found, family_hosts(db, where, values))
+    if db is not None:
+        return fleet_families(db, CrashFilter(**filter))[1]  # type: ignore[arg-type]
+    return families_of(crash_buckets(store, **filter))  # type: ignore[arg-type]
 
 
 def crash_list(store: str = DEFAULT_STORE, **filter: object) -> list[CrashRecord]:
