@@ -161,6 +161,23 @@ def test_crashes_through_the_kernels_socket(tmp_path: Path) -> None:
         assert CORE_PATTERN.read_text().strip() == before
         listed = crashes(store, "list")
         assert listed.returncode == 0 and listed.stdout.count("\n") == 12
+        # A server killed by SIGKILL leaves its pattern: --uninstall, or the next server's
+        # end, puts back the one from before it.
+        with server(store, path, "--install") as killed:
+            killed.kill()
+        assert CORE_PATTERN.read_text().strip() == f"@@{path}"
+        with server(store, path, "--install"):
+            assert CORE_PATTERN.read_text().strip() == f"@@{path}"
+        assert CORE_PATTERN.read_text().strip() == before
+        with server(store, path, "--install") as killed:
+            killed.kill()
+        undone = subprocess.run(
+            [*REDHAND, "collect", "--uninstall", "--store", str(store)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert undone.returncode == 0 and CORE_PATTERN.read_text().strip() == before
     finally:
         if CORE_PATTERN.read_text().strip() != before:
             CORE_PATTERN.write_text(before)

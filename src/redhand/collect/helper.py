@@ -478,17 +478,25 @@ def install(store: str = DEFAULT_STORE, command: str | None = None) -> str:
         if len(pattern) > 127:
             raise ValueError(f"the core_pattern would be {len(pattern)} characters, over 127")
         if not previous.startswith(f"|{program} collect"):
-            connection = connect(store_fd)
-            connection.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('previous_core_pattern', ?)",
-                (previous,),
-            )
-            connection.close()
+            remember_pattern(store_fd, previous)
         with open(CORE_PATTERN, "w") as file:
             file.write(pattern)
         return pattern
     finally:
         os.close(store_fd)
+
+
+def remember_pattern(store_fd: int, previous: str) -> None:
+    """Keep the core_pattern redhand replaces in the store, for :func:`uninstall` (also
+    after a ``collect --serve`` that was killed before it could put it back)."""
+    connection = connect(store_fd)
+    try:
+        connection.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('previous_core_pattern', ?)",
+            (previous,),
+        )
+    finally:
+        connection.close()
 
 
 def uninstall(store: str = DEFAULT_STORE) -> str:

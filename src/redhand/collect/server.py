@@ -38,6 +38,8 @@ from redhand.collect.helper import (
     collect,
     occupy_standard_descriptors,
     recent_crashes,
+    remember_pattern,
+    uninstall,
 )
 from redhand.collect.store import DEFAULT_STORE, connect, open_store
 
@@ -281,14 +283,19 @@ def serve(
     store_fd = open_store(store, create=True)  # checked now: an unsafe store stops the start
     try:
         connect(store_fd).close()  # the database made, or brought up to date
+        if install:
+            with open(CORE_PATTERN) as file:
+                previous = file.read().strip()
+            if not previous.startswith("@@"):  # not a server's left by a SIGKILL
+                remember_pattern(store_fd, previous)
     finally:
         os.close(store_fd)
     server = _listen(path)
+    pattern = None  # the core_pattern to put back at the end
     import ctypes  # noqa: F401  (once here, not in every crash's child)
 
     import zstandard  # noqa: F401
 
-    previous = None
     stop = False
 
     def finish(_signo: int, _frame: object) -> None:
@@ -301,7 +308,7 @@ def serve(
     try:
         if install:
             with open(CORE_PATTERN) as file:
-                previous = file.read().strip()
+                pattern = file.read().strip()
             with open(CORE_PATTERN, "w") as file:
                 file.write(f"@@{path}")
         if ready is not None:
@@ -319,9 +326,12 @@ def serve(
                 children.add(_fork(connection, server, store, analyze))
             children = _reap(children)
     finally:
-        if previous is not None:
-            with open(CORE_PATTERN, "w") as file:
-                file.write(previous)
+        if pattern is not None:  # the one kept in the store (the one before a killed server)
+            try:
+                uninstall(store)
+            except (OSError, sqlite3.Error):
+                with open(CORE_PATTERN, "w") as file:
+                    file.write("core" if pattern.startswith("@@") else pattern)
         server.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
