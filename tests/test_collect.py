@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from collect_helpers import (
     REDHAND,
+    age,
     changes_core_pattern,
     collect,
     container_root,
@@ -540,6 +541,26 @@ def test_the_collector_starts_the_analysis_detached(tmp_path: Path) -> None:
     (row,) = rows(store)
     assert "assert(value > 0) | check_value | process_assert" in str(row["signature"])
     assert collected < TIMEOUT  # the collector did not wait for the analysis
+
+
+def test_a_crash_whose_analysis_was_killed_is_taken_up_by_the_next(
+    a_core: Path, tmp_path: Path
+) -> None:
+    """A crash still waiting after ten minutes (its analysis was killed, say with the service
+    that started it) is analyzed after the next crash; one that waits for less is left to its
+    own analysis, which may hold a descriptor only it has."""
+    store = tmp_path / "store"
+    stale = collect(store, a_core)
+    young = collect(store, a_core)
+    age(store, stale, 3600)
+    latest = collect(store, a_core, analyze=True)
+    deadline = time.monotonic() + TIMEOUT
+    while {r["id"]: r["status"] for r in rows(store)}.get(stale) == "collected":
+        assert time.monotonic() < deadline, rows(store)
+        time.sleep(0.05)
+    status = {r["id"]: r["status"] for r in rows(store)}
+    assert status[stale] == status[latest] == "analyzed"
+    assert status[young] == "collected"
 
 
 def test_a_crash_whose_core_is_not_kept_still_gets_its_report(tmp_path: Path) -> None:

@@ -18,14 +18,17 @@ from pathlib import Path
 import pytest
 from collect_helpers import (
     REDHAND,
+    age,
     changes_core_pattern,
+    collect,
     container_root,
     crash_through_the_kernel,
     crashes,
     in_a_container,
     rows,
+    wait_for_status,
 )
-from helpers import compile_c
+from helpers import compile_c, crash_into_core
 from watch_helpers import TIMEOUT, world_readable_copy
 
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
@@ -84,6 +87,21 @@ def test_the_server_listens_root_only_and_ends_cleanly(tmp_path: Path) -> None:
         assert CORE_PATTERN.read_text() == before
     assert process.returncode == 0, (tmp_path / "server.log").read_text()
     assert not path.exists()
+
+
+@needs_sockets
+def test_a_server_that_starts_analyzes_what_its_predecessor_left(tmp_path: Path) -> None:
+    """The analyses of the crashes a killed server collected went with it: the next server
+    takes up those that have waited ten minutes."""
+    built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
+    with world_readable_copy(built) as exe:
+        core = crash_into_core([str(exe), "null", "main"], tmp_path / "run").core
+        store = tmp_path / "store"
+        left = collect(store, core)
+        age(store, left, 3600)
+        with server(store, tmp_path / "run" / "core.sock"):
+            wait_for_status(store, "analyzed")
+    assert "store_value | process_null" in str(rows(store)[0]["signature"])
 
 
 @needs_sockets

@@ -131,10 +131,15 @@ def analyze(
     crash_ids: list[str] | None = None,
     core_fd: int | None = None,
     root_fd: int | None = None,
+    stale: float | None = None,
 ) -> list[Analysis]:
     """Analyze the crashes still waiting (or those named).  ``core_fd``: the core of the one
     crash named, held in memory by the collector because it was not kept; ``root_fd``: that
-    crash's process's own root directory (a container's), opened by the collector."""
+    crash's process's own root directory (a container's), opened by the collector.
+    ``stale``: after those named, also the crashes that have waited longer than that many
+    seconds (their own analysis was killed, with the service that started it): a crash
+    younger than that may have an analysis of its own waiting its turn, with a descriptor
+    only it has."""
     if (core_fd is not None or root_fd is not None) and (not crash_ids or len(crash_ids) != 1):
         raise ValueError("a core in memory or a root is that of one crash, named")
     import zstandard
@@ -144,27 +149,35 @@ def analyze(
     try:
         import_pending(store_fd, connection)  # records the database could not take then
         adopt_orphans(store_fd, connection)  # cores whose records were lost
+        waiting = (
+            "SELECT id, core, exe, attempts FROM crashes WHERE status = 'collected' "
+            "AND attempts < ? AND collected < ? ORDER BY time"
+        )
+        rows = []
         if crash_ids:
             marks = ", ".join("?" for _ in crash_ids)
-            rows = connection.execute(
+            rows += connection.execute(
                 f"SELECT id, core, exe, attempts FROM crashes WHERE id IN ({marks})", crash_ids
             ).fetchall()
-        else:
-            rows = connection.execute(
-                "SELECT id, core, exe, attempts FROM crashes WHERE status = 'collected' "
-                "AND attempts < ? "
-                "ORDER BY time",
-                (ATTEMPTS,),
-            ).fetchall()
+        if stale is not None:
+            rows += connection.execute(waiting, (ATTEMPTS, time.time() - stale)).fetchall()
+        elif not crash_ids:
+            rows += connection.execute(waiting, (ATTEMPTS, time.time() + 1)).fetchall()
         results = []
+        done: set[str] = set()
         for crash_id, core, exe, attempts in rows:
-            hopeless = core is None and core_fd is None  # no core: never worth another try
+            if crash_id in done:
+                continue
+            done.add(crash_id)
+            named = crash_id in (crash_ids or [])  # the descriptors are its
+            fd_core, fd_root = (core_fd, root_fd) if named else (None, None)
+            hopeless = core is None and fd_core is None  # no core: never worth another try
             connection.execute(
                 "UPDATE crashes SET attempts = ? WHERE id = ?",
                 (ATTEMPTS if hopeless else attempts + 1, crash_id),
             )
             try:
-                report = _report(store_fd, core, core_fd, root_fd)
+                report = _report(store_fd, core, fd_core, fd_root)
             except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as error:
                 results.append(_record_failure(connection, crash_id, str(error)))
                 continue

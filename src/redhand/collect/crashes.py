@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=8420, help="serve: the port (0: any free)")
     parser.add_argument("--core-fd", type=int, help=argparse.SUPPRESS)  # from the collector
     parser.add_argument("--root-fd", type=int, help=argparse.SUPPRESS)  # from the collector
+    parser.add_argument("--and-stale", type=float, help=argparse.SUPPRESS)  # from the collector
     parser.add_argument("--cores-older-than", type=_when, dest="cores_before")
     parser.add_argument("--records-older-than", type=_when, dest="records_before")
     parser.add_argument(
@@ -142,7 +143,9 @@ def main(argv: list[str]) -> int:
         from redhand.collect.analyze import analyze
 
         try:
-            results = analyze(args.store, args.ids or None, args.core_fd, args.root_fd)
+            results = analyze(
+                args.store, args.ids or None, args.core_fd, args.root_fd, args.and_stale
+            )
         except StoreError as error:
             print(f"redhand: {error.strerror or error}", file=sys.stderr)
             return _store_exit(error)

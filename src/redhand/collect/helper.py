@@ -59,6 +59,9 @@ KEEP_FREE = 0.15  # of the file system
 MAX_USE = 0.10  # of the file system, for the whole store
 RATE = 10  # crashes of one program per minute that keep their core
 _RATE_NOTE = "a crash loop"
+# Crashes whose analysis has waited this long (it was killed, with the service that started
+# it) are taken up by the next crash's analysis.
+STALE = 600
 TRANSIENT_MAX = 256 << 20  # compressed bytes of a core held in memory for its report alone
 _SYS_PIDFD_OPEN = 434
 _ARGUMENTS = ("pid", "tid", "ns_tid", "signal", "time", "core_limit", "dump_mode", "uid", "gid",
@@ -291,12 +294,13 @@ def recent_crashes(connection: sqlite3.Connection, exe: str | None, comm: str) -
     return count
 
 
-def _start_analysis(
-    store: str, crash_id: str, core_fd: int | None = None, root_fd: int | None = None
+def start_analysis(
+    store: str, crash_id: str | None, core_fd: int | None = None, root_fd: int | None = None
 ) -> None:
-    """``redhand crashes analyze ID``, detached (the kernel does not wait for it); given
-    ``core_fd``, the core in memory that it analyzes instead of a stored one; ``root_fd``,
-    the crashed process's own root directory (a container's), where its files are."""
+    """``redhand crashes analyze ID``, detached (the kernel does not wait for it), then the
+    crashes that have waited too long; given ``core_fd``, the core in memory that it
+    analyzes instead of a stored one; ``root_fd``, the crashed process's own root directory
+    (a container's), where its files are.  No ``crash_id``: only those that waited."""
     child = os.fork()
     if child == 0:
         try:
@@ -322,7 +326,8 @@ def _start_analysis(
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 os.set_inheritable(lock, True)
                 command = [sys.executable, "-m", "redhand", "crashes", "--store", store,
-                           "analyze", crash_id]  # fmt: skip
+                           "analyze", *([crash_id] if crash_id else []),
+                           "--and-stale", str(STALE)]  # fmt: skip
                 if core_fd is not None:
                     command += ["--core-fd", str(core_fd)]
                 if root_fd is not None:
@@ -443,7 +448,7 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
     if sys.stdout is not None:
         print(crash_id, flush=True)
     if analyze:
-        _start_analysis(store, crash_id, transient, root)
+        start_analysis(store, crash_id, transient, root)
     for fd in (transient, root):
         if fd is not None:
             os.close(fd)

@@ -39,6 +39,7 @@ from redhand.collect.helper import (
     occupy_standard_descriptors,
     recent_crashes,
     remember_pattern,
+    start_analysis,
     uninstall,
 )
 from redhand.collect.store import DEFAULT_STORE, connect, open_store
@@ -245,7 +246,7 @@ def _listen(path: str) -> socket.socket:
         server.close()
         raise ServeError(f"cannot listen on {path}: {error.strerror or error}") from error
     os.chmod(path, 0o600)
-    server.listen(128)
+    server.listen(socket.SOMAXCONN)  # a burst of crashes: the kernel gives up on a full queue
     return server
 
 
@@ -311,6 +312,8 @@ def serve(
                 pattern = file.read().strip()
             with open(CORE_PATTERN, "w") as file:
                 file.write(f"@@{path}")
+        if analyze:  # the crashes whose analyses were killed with the last server
+            start_analysis(store, None)
         if ready is not None:
             os.write(ready, f"listening on {path}\n".encode())
             os.close(ready)
