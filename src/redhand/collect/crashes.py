@@ -220,6 +220,12 @@ def _print_buckets(found: list[CrashBucket]) -> None:
                   stamp(bucket.first_seen), stamp(bucket.last_seen),
                   f"{name}: {bucket.signature}")
         )  # fmt: skip
+    shared = [family for family in families_of(found) if len(family.buckets) > 1]
+    if shared:
+        print(
+            f"{sum(len(family.buckets) for family in shared)} buckets are {len(shared)} crash "
+            "site(s) reached from different callers: redhand crashes families"
+        )
 
 
 def _families(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) -> int:
