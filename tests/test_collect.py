@@ -148,6 +148,34 @@ def test_collect_at_a_terminal_explains_itself_and_collects_nothing(tmp_path: Pa
     assert "--install" in refused.stderr and not (tmp_path / "store").exists()
 
 
+def test_collect_status_says_what_the_kernel_does_and_what_the_store_holds(
+    a_core: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    collect(store, a_core)
+    collect(store, a_core)
+    shown = subprocess.run(
+        [*REDHAND, "collect", "--status", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"core_pattern: {pattern}"
+    facts = "2 crash(es), 2 in the last day, 2 waiting for their analysis"
+    assert lines[-1] == f"store: {store}: {facts}"
+    if not pattern.startswith(("|", "@")):
+        assert shown.returncode == 16 and "not redhand" in lines[1]
+    missing = subprocess.run(
+        [*REDHAND, "collect", "--status", "--store", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert "no crash was collected yet" in missing.stdout and "Traceback" not in missing.stderr
+
+
 def test_a_damaged_database_loses_no_core(a_core: Path, tmp_path: Path) -> None:
     """The crash database overwritten with garbage: the collector still keeps the core and
     its record beside it; `crashes` says what to do in one line; once the database is moved
@@ -646,6 +674,10 @@ def test_install_and_uninstall_put_the_core_pattern_back(tmp_path: Path) -> None
         assert done.returncode == 0, done.stderr
         pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
         assert pattern.startswith("|") and "collect --store" in pattern and "%F" in pattern
+        shown = subprocess.run([*REDHAND, "collect", "--status"], capture_output=True,
+                               text=True, timeout=TIMEOUT)  # fmt: skip
+        assert shown.returncode == 0 and "through a pipe" in shown.stdout
+        assert f"store: {store}:" in shown.stdout
         # A real crash, through the kernel's pipe: kept, its identity from the pidfd, analyzed.
         built = compile_c("bugs.c", tmp_path, ["-O1", "-g", "-pthread"])
         with world_readable_copy(built) as exe:

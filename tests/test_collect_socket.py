@@ -75,6 +75,15 @@ def server(store: Path, path: Path, *extra: str) -> Iterator[subprocess.Popen[st
                 process.wait()
 
 
+def status(store: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*REDHAND, "collect", "--status", "--store", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
 @needs_sockets
 def test_the_server_listens_root_only_and_ends_cleanly(tmp_path: Path) -> None:
     """Without --install the core_pattern is not touched; SIGTERM ends the server with its
@@ -114,11 +123,11 @@ def test_a_connection_that_is_not_the_kernels_is_ignored(tmp_path: Path) -> None
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
                 client.settimeout(TIMEOUT)
                 client.connect(str(path))
-                client.sendall(b"\x10\x00\x00\x00" * 4 + os.urandom(4096))
-                try:
+                answer = b""
+                # Hung up on: before the bytes are sent, or with them unread.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    client.sendall(b"\x10\x00\x00\x00" * 4 + os.urandom(4096))
                     answer = client.recv(16)
-                except ConnectionResetError:  # hung up on with bytes unread
-                    answer = b""
                 assert answer == b""  # no answer
         assert process.poll() is None
     assert process.returncode == 0
@@ -182,8 +191,11 @@ def test_crashes_through_the_kernels_socket(tmp_path: Path) -> None:
         # A server killed by SIGKILL leaves its pattern: --uninstall, or the next server's
         # end, puts back the one from before it.
         with server(store, path, "--install") as killed:
+            assert status(store).returncode == 0
             killed.kill()
         assert CORE_PATTERN.read_text().strip() == f"@@{path}"
+        dead = status(store)
+        assert dead.returncode == 16 and "nothing listens on it" in dead.stdout
         with server(store, path, "--install"):
             assert CORE_PATTERN.read_text().strip() == f"@@{path}"
         assert CORE_PATTERN.read_text().strip() == before

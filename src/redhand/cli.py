@@ -1296,6 +1296,7 @@ def run_run(args: Arguments) -> int:
 _COLLECT_USAGE = """\
 usage: redhand collect --install [--store DIR]     become the kernel's core handler (a pipe)
        redhand collect --uninstall [--store DIR]   put the previous core_pattern back
+       redhand collect --status [--store DIR]      is redhand the core handler? (exit 16: no)
        redhand collect --serve [--install] [--socket PATH] [--store DIR]
                                                    the kernel's coredump socket (Linux 6.17+)
        redhand collect [--store DIR] [--no-analyze] %P %i %I %s %t %c %d %u %g %F %h %e
@@ -1319,6 +1320,12 @@ def _collect(argv: Sequence[str]) -> int:
         store = words[2]
     if "--serve" in words:
         return _collect_serve(words, store)
+    if words[:1] == ["--status"]:
+        from redhand.collect.status import status
+
+        found = status(words[2] if words[1:2] == ["--store"] and len(words) > 2 else None)
+        print("\n".join(found.lines))
+        return 0 if found.handled else 16
     if words[:1] in (["--install"], ["--uninstall"]):
         from redhand.collect.helper import install, uninstall
 
