@@ -146,6 +146,15 @@ def test_collect_at_a_terminal_explains_itself_and_collects_nothing(tmp_path: Pa
         os.close(secondary)
     assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
     assert "--install" in refused.stderr and not (tmp_path / "store").exists()
+    # A mistyped option is not taken for the kernel's arguments, whatever stdin is.
+    typo = subprocess.run(
+        [*REDHAND, "collect", "--store", str(tmp_path / "store"), "--statsu"],
+        input=b"",
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    assert typo.returncode == 2 and b"unknown option --statsu" in typo.stderr
+    assert not (tmp_path / "store").exists()
 
 
 def test_collect_status_says_what_the_kernel_does_and_what_the_store_holds(

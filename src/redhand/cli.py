@@ -1353,6 +1353,12 @@ def _collect(argv: Sequence[str]) -> int:
             break
     if words[:1] == ["--"]:
         words = words[1:]
+    elif words[:1] and words[0].startswith("-"):  # the kernel's first argument is %P, a number
+        print(
+            f"redhand collect: unknown option {words[0]}: see redhand collect --help",
+            file=sys.stderr,
+        )
+        return 2
     if sys.stdin is not None and sys.stdin.isatty():
         print(
             "redhand collect: the kernel runs this with a core on standard input, not a "
