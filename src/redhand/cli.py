@@ -45,19 +45,20 @@ exit codes:
   0    success
   1    internal error (a bug in redhand)
   2    bad command-line usage
-  3    no such process
-  4    permission denied (ptrace not allowed)
+  3    no such process (crashes: no such crash or bucket)
+  4    permission denied (ptrace not allowed; crashes: the store is root's)
   5    the process is already traced by another tracer
   6    the pid is a kernel thread
   7    the process is a zombie
   8    the process exited during the capture
-  9    the process could not be captured for another reason
+  9    the process could not be captured for another reason (crashes --db: the database)
   10   a file is not a usable ELF file, or a core holds no thread
   11   a file was not found
   12   memory could not be read
   13   an output file could not be written (nothing was left behind)
   14   eBPF could not be used (not allowed, or refused by the kernel)
   15   linkage --check: a hooked GOT slot was found
+  16   collect --status: redhand is not the kernel's core handler
   124  watch: --timeout passed before the event
   130  interrupted (SIGINT; another signal: 128 + its number)
   watch -- CMD exits with the program's status (128 + signal when killed)
@@ -871,6 +872,13 @@ def build_parser() -> argparse.ArgumentParser:
                     **common,
                 )
         sub.set_defaults(run=command.run)
+    # Run before this parser is built (see main): listed here for --help alone.
+    subparsers.add_parser(
+        "collect", help="become the kernel's core handler; `collect --help` for more"
+    )
+    subparsers.add_parser(
+        "crashes", help="the crashes kept on this machine or a fleet, grouped by bug"
+    )
     return parser
 
 
