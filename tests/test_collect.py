@@ -558,6 +558,8 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     text = crashes(store, "families").stdout
     assert "bugs: null-dereference | store_value" in text and "... | process_reset" in text
     assert "2 buckets are 1 crash site(s)" in crashes(store).stdout
+    one = json.loads(crashes(store, "show", shared["family"][:12], "--json").stdout)
+    assert one["families"] == [shared]
     # rebucket gives a crash analyzed before families were made (none kept) its family.
     connection = sqlite3.connect(store / "crashes.db")
     connection.execute("UPDATE crashes SET family = NULL")

@@ -3,7 +3,7 @@
     redhand crashes [--store DIR] [FILTERS] [--json]      buckets: count, first and last seen
     redhand crashes list [FILTERS] [--json]               every crash, newest first
     redhand crashes families [FILTERS] [--json]           buckets of one crash site together
-    redhand crashes show BUCKET|CRASH [--json]            a crash's report, or a bucket's crashes
+    redhand crashes show CRASH|BUCKET|FAMILY [--json]     a crash's report, a bucket's crashes
     redhand crashes dump CRASH -o FILE                    the core, decompressed, sparse
     redhand crashes debug CRASH                           gdb on the program and its core
     redhand crashes analyze [CRASH ...]                   analyze what is waiting (see analyze.py)
@@ -382,14 +382,14 @@ def _print_crashes(found: list[CrashRecord], as_json: bool) -> int:
 
 
 def _find(connection: sqlite3.Connection, text: str) -> tuple[str, str] | None:
-    """('crash' or 'bucket', the full id) for an id or a unique prefix."""
-    for table, column in (("crashes", "id"), ("crashes", "bucket")):
+    """('crash', 'bucket' or 'family', the full key) for a key or a unique prefix."""
+    for what, column in (("crash", "id"), ("bucket", "bucket"), ("family", "family")):
         rows = connection.execute(
-            f"SELECT DISTINCT {column} FROM {table} WHERE {column} LIKE ? LIMIT 2",
+            f"SELECT DISTINCT {column} FROM crashes WHERE {column} LIKE ? LIMIT 2",
             (text.replace("%", "") + "%",),
         ).fetchall()
         if len(rows) == 1:
-            return ("crash" if column == "id" else "bucket"), rows[0][0]
+            return what, rows[0][0]
     return None
 
 
@@ -397,13 +397,19 @@ def _show(connection: sqlite3.Connection, _fd: int, args: argparse.Namespace) ->
     import zstandard
 
     if not args.ids:
-        print("redhand crashes show: a crash id or a bucket key is expected", file=sys.stderr)
+        print(
+            "redhand crashes show: a crash id, a bucket key or a family key is expected",
+            file=sys.stderr,
+        )
         return 2
     found = _find(connection, args.ids[0])
     if found is None:
-        print(f"redhand crashes: no crash or bucket {args.ids[0]!r}", file=sys.stderr)
+        print(f"redhand crashes: no crash, bucket or family {args.ids[0]!r}", file=sys.stderr)
         return _EXIT_NOT_FOUND
     what, key = found
+    if what == "family":
+        buckets = [b for b in store_buckets(connection, CrashFilter())[0] if b.family == key]
+        return _print_families(buckets, families_of(buckets), args.json)
     if what == "bucket":
         args.ids = []
         signature_row = connection.execute(
