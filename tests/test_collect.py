@@ -495,6 +495,10 @@ def test_a_program_that_crashes_again_and_again_keeps_records_not_cores(
     assert len(stored) == 12
     assert sum(bool(row["core_stored"]) for row in stored) == 10
     assert all("last minute" in str(row["note"]) for row in stored[10:])
+    # Another user's program of the same name is not in that loop: a user cannot silence
+    # another's crashes by naming processes after them.
+    other = collect(store, a_core, comm="crashy", uid=1000)
+    assert next(row for row in rows(store) if row["id"] == other)["core_stored"]
 
 
 BUGS = ("null", "strlen", "assert", "recurse", "reset")

@@ -94,6 +94,15 @@ def test_the_server_listens_root_only_and_ends_cleanly(tmp_path: Path) -> None:
         assert path.is_socket() and path.stat().st_mode & 0o777 == 0o600
         assert path.parent.stat().st_mode & 0o777 == 0o700
         assert CORE_PATTERN.read_text() == before
+        second = subprocess.run(
+            [*REDHAND, "collect", "--serve", "--store", str(tmp_path / "store"),
+             "--socket", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )  # fmt: skip
+        assert second.returncode == 13 and "listens on" in second.stderr
+        assert path.is_socket()  # the first one's, still there
     assert process.returncode == 0, (tmp_path / "server.log").read_text()
     assert not path.exists()
 
@@ -167,6 +176,7 @@ def test_crashes_through_the_kernels_socket(tmp_path: Path) -> None:
             assert CORE_PATTERN.read_text().strip() == f"@@{path}"
             first = crash_through_the_kernel(store, [str(exe), "null", "main"], signal.SIGSEGV)
             assert first["identity"] == "pidfd" and first["exe"] == str(exe)
+            assert first["tid"] == first["pid"]  # from the core: the peer is the thread group
             assert first["signal"] == signal.SIGSEGV and first["dump_mode"] == 1
             assert "store_value | process_null" in str(first["signature"])
             assert first["core"] is not None and first["core_bytes"]

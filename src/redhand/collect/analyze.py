@@ -32,6 +32,7 @@ KEEP_FIRST = 2
 KEEP_LAST = 3
 ANALYZER_SECONDS = 120
 ANALYZER_MEMORY = 4 << 30
+_CHUNK = 1 << 20
 
 
 @dataclass
@@ -66,16 +67,32 @@ def _sandbox() -> None:
 
 def _memory_copy(compressed: int) -> int:
     """The core (zstd, read from the descriptor ``compressed``), decompressed, in a memory
-    file the analyzer can open."""
+    file the analyzer can open.  Sparse: pages of zeros (a process's untouched memory, which
+    compresses to nothing) take no memory; more data than the analyzer may map is refused."""
     import zstandard
 
     memfd = os.memfd_create("redhand-core", os.MFD_CLOEXEC)
+    zeros = bytes(_CHUNK)
     try:
         with (
             os.fdopen(compressed, "rb", closefd=False) as file,
             os.fdopen(memfd, "wb", closefd=False) as out,
         ):
-            zstandard.ZstdDecompressor().copy_stream(file, out)
+            reader = zstandard.ZstdDecompressor().stream_reader(file)
+            data = 0
+            while chunk := reader.read(_CHUNK):
+                if chunk == zeros[: len(chunk)]:
+                    out.seek(len(chunk), os.SEEK_CUR)
+                    continue
+                data += len(chunk)
+                if data > ANALYZER_MEMORY:
+                    raise RuntimeError(
+                        f"the core holds over {ANALYZER_MEMORY >> 30} GiB of data, more than "
+                        "the analyzer may map: `redhand crashes dump` it and run `redhand "
+                        "core` on the copy"
+                    )
+                out.write(chunk)
+            out.truncate(out.tell())
     except BaseException:
         os.close(memfd)
         raise
@@ -156,8 +173,11 @@ def analyze(
         rows = []
         if crash_ids:
             marks = ", ".join("?" for _ in crash_ids)
+            # From a collector (with ``stale``): only if no other analysis took it meanwhile.
+            waiting_only = " AND status = 'collected'" if stale is not None else ""
             rows += connection.execute(
-                f"SELECT id, core, exe, attempts FROM crashes WHERE id IN ({marks})", crash_ids
+                f"SELECT id, core, exe, attempts FROM crashes WHERE id IN ({marks})" + waiting_only,
+                crash_ids,
             ).fetchall()
         if stale is not None:
             rows += connection.execute(waiting, (ATTEMPTS, time.time() - stale)).fetchall()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -64,7 +65,7 @@ _RATE_NOTE = "a crash loop"
 STALE = 600
 TRANSIENT_MAX = 256 << 20  # compressed bytes of a core held in memory for its report alone
 _SYS_PIDFD_OPEN = 434
-_ARGUMENTS = ("pid", "tid", "ns_tid", "signal", "time", "core_limit", "dump_mode", "uid", "gid",
+_ARGUMENTS = ("pid", "ns_tid", "tid", "signal", "time", "core_limit", "dump_mode", "uid", "gid",
               "pidfd", "hostname", "comm")  # fmt: skip
 
 
@@ -122,7 +123,7 @@ def _own_root(pid: int) -> int | None:
     return fd
 
 
-def _identity(args: dict[str, str]) -> tuple[str, dict[str, str | None], int | None]:
+def identify(args: dict[str, str]) -> tuple[str, dict[str, str | None], int | None]:
     """('pidfd', 'pidfd_open' or 'none'; what /proc said while the pidfd named the process;
     its root directory when it is not ours, see :func:`_own_root`)."""
     pid = _number(args["pid"])
@@ -282,14 +283,18 @@ def _drain_to_nothing() -> int:
     return total
 
 
-def recent_crashes(connection: sqlite3.Connection, exe: str | None, comm: str) -> int:
-    """How many crashes of a program (the same executable, or the same command name: a
-    record may have either, or be given its executable by its analysis) kept their core in
-    the last minute, even if their bucket has let it go since: at :data:`RATE`, it is in a
-    crash loop.  By the crash time's index: only the last minute is read."""
+def recent_crashes(
+    connection: sqlite3.Connection, uid: int | None, exe: str | None, comm: str
+) -> int:
+    """How many crashes of a program had their core kept or their report made in the last
+    minute: at :data:`RATE`, it is in a crash loop.  The program is a user's (a user cannot
+    name a process to silence another's) with the same executable, or the same command name
+    (a record may have either, or be given its executable by its analysis).  By the crash
+    time's index: only the last minute is read."""
     count: int = connection.execute(
-        "SELECT COUNT(*) FROM crashes WHERE time > ? AND (exe = ? OR comm = ?) AND core_stored > 0",
-        (time.time() - 60, exe, comm),
+        "SELECT COUNT(*) FROM crashes WHERE time > ? AND uid IS ? AND (exe = ? OR comm = ?) "
+        "AND (note IS NULL OR note NOT LIKE ?)",
+        (time.time() - 60, uid, exe, comm, f"{_RATE_NOTE}%"),
     ).fetchone()[0]
     return count
 
@@ -315,6 +320,16 @@ def start_analysis(
                 os.dup2(null, 0)
                 os.dup2(null, 1)
                 os.dup2(log, 2)
+                # Nothing else of the collector's goes on (a pidfd on 3, a server's socket),
+                # and the stop signals a server's child ignores are the analysis's again.
+                keep = {fd for fd in (core_fd, root_fd) if fd is not None}
+                for fd in range(3, max(keep | {3}) + 1):
+                    if fd not in keep:
+                        with contextlib.suppress(OSError):
+                            os.close(fd)
+                os.closerange(max(keep | {3}) + 1, 65536)
+                for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(signo, signal.SIG_DFL)
                 # One analysis at a time, behind the collectors of a burst of crashes: the
                 # lock is waited for here, before Python starts again, and held to the end.
                 os.nice(10)
@@ -348,14 +363,31 @@ def occupy_standard_descriptors() -> None:
     os.close(fd)
 
 
-def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True) -> int:
-    """Collect one crash (see the module's documentation); the crash's id is printed."""
-    os.umask(0o077)
-    occupy_standard_descriptors()
+def arguments(argv: list[str]) -> dict[str, str]:
+    """The core_pattern's arguments by name (``%P %i %I %s %t %c %d %u %g %F %h %e``)."""
     values = (argv + [""] * len(_ARGUMENTS))[: len(_ARGUMENTS)]
     args = dict(zip(_ARGUMENTS, values, strict=True))
     if len(argv) > len(_ARGUMENTS):  # %e last: a command name with spaces
         args["comm"] = " ".join(argv[len(_ARGUMENTS) - 1 :])
+    return args
+
+
+Identity = tuple[str, dict[str, str | None], int | None]
+
+
+def collect(
+    argv: list[str],
+    store: str = DEFAULT_STORE,
+    *,
+    analyze: bool = True,
+    known: Identity | None = None,
+) -> int:
+    """Collect one crash (see the module's documentation); the crash's id is printed.
+    ``known``: what :func:`identify` said while the process was there (the coredump socket's
+    server asks before the kernel writes the core, after which the process may be gone)."""
+    os.umask(0o077)
+    occupy_standard_descriptors()
+    args = arguments(argv)
     crash_id = os.urandom(16).hex()
     try:
         store_fd = open_store(store, create=True)
@@ -365,24 +397,28 @@ def collect(argv: list[str], store: str = DEFAULT_STORE, *, analyze: bool = True
             print(f"redhand collect: {error.strerror or error}", file=sys.stderr)
         return 1
     try:
-        identity, facts, root = _identity(args)
+        identity, facts, root = known if known is not None else identify(args)
         connection: sqlite3.Connection | None = None
         trouble = None  # why the database could not be used: the record goes beside the core
-        try:
-            connection = connect(store_fd)
-        except sqlite3.Error as error:
-            trouble = f"the crash database could not be used ({error})"
         limit = _number(args["core_limit"])
         limit = MAX_CORE if limit is None or limit < 0 else min(limit, MAX_CORE)
         note = None
+        recent = 0
+        try:
+            connection = connect(store_fd)
+            if limit != 0:
+                note = _room(store_fd, connection)
+            recent = recent_crashes(connection, _number(args["uid"]), facts["exe"], args["comm"])
+        except sqlite3.Error as error:  # it cannot be opened, or is damaged inside
+            trouble = f"the crash database could not be used ({error})"
+            if connection is not None:
+                connection.close()
+                connection = None
+            note = note or _room(store_fd, None)
         if limit == 0:
             note = "the core size limit (RLIMIT_CORE) was 0"
-        if note is None:
-            note = _room(store_fd, connection)
-        if note is None and connection is not None:
-            recent = recent_crashes(connection, facts["exe"], args["comm"])
-            if recent >= RATE:
-                note = f"{_RATE_NOTE}: {recent} in the last minute, no more cores or reports"
+        if note is None and recent >= RATE:
+            note = f"{_RATE_NOTE}: {recent} in the last minute, no more cores or reports"
         core_name = None
         read = written = 0
         truncated = False
@@ -482,8 +518,7 @@ def install(store: str = DEFAULT_STORE, command: str | None = None) -> str:
         pattern += f" {SPECIFIERS}"
         if len(pattern) > 127:
             raise ValueError(f"the core_pattern would be {len(pattern)} characters, over 127")
-        if not previous.startswith(f"|{program} collect"):
-            remember_pattern(store_fd, previous)
+        remember_pattern(store_fd, previous)
         with open(CORE_PATTERN, "w") as file:
             file.write(pattern)
         return pattern
@@ -491,15 +526,29 @@ def install(store: str = DEFAULT_STORE, command: str | None = None) -> str:
         os.close(store_fd)
 
 
-def remember_pattern(store_fd: int, previous: str) -> None:
+def remember_pattern(store_fd: int, previous: str, serving: str | None = None) -> bool:
     """Keep the core_pattern redhand replaces in the store, for :func:`uninstall` (also
-    after a ``collect --serve`` that was killed before it could put it back)."""
+    after a ``collect --serve`` that was killed before it could put it back), unless it is
+    redhand's own: a pipe to ``redhand collect``, or the socket of a server of this store
+    (``serving``: the pattern of the server now starting, kept as such).  Whether it was
+    kept."""
     connection = connect(store_fd)
     try:
-        connection.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('previous_core_pattern', ?)",
-            (previous,),
+        row = connection.execute("SELECT value FROM meta WHERE key = 'server_pattern'").fetchone()
+        ours = (previous.startswith("|") and "redhand" in previous and " collect" in previous) or (
+            row is not None and previous == row[0]
         )
+        if not ours:
+            connection.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('previous_core_pattern', ?)",
+                (previous,),
+            )
+        if serving is not None:
+            connection.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('server_pattern', ?)",
+                (serving,),
+            )
+        return not ours
     finally:
         connection.close()
 

@@ -35,14 +35,17 @@ from dataclasses import dataclass
 from redhand.collect.helper import (
     CORE_PATTERN,
     RATE,
+    arguments,
     collect,
+    identify,
     occupy_standard_descriptors,
     recent_crashes,
     remember_pattern,
     start_analysis,
     uninstall,
 )
-from redhand.collect.store import DEFAULT_STORE, connect, open_store
+from redhand.collect.status import listening
+from redhand.collect.store import DATABASE, DEFAULT_STORE, connect, open_store
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ PIDFD_COREDUMP_USER = 1 << 2
 PIDFD_COREDUMP_ROOT = 1 << 3
 _PIDFD_INFO = struct.Struct("<QQ" + "I" * 11 + "iII")  # 72 bytes: ... coredump_mask, _signal
 _CLONE_NEWUTS = 0x04000000
+_PR_SET_DUMPABLE = 4
 _PIDFD_GET_INFO = (3 << 30) | (_PIDFD_INFO.size << 16) | (0xFF << 8) | 11
 
 
@@ -160,20 +164,21 @@ def _handshake(connection: socket.socket, reject: bool) -> None:
 
 
 def _crash(connection: socket.socket, store: str, analyze: bool) -> int:
-    """In the child, for one connection: what ``redhand collect`` does for a pipe."""
+    """In the child, for one connection: what ``redhand collect`` does for a pipe.  All
+    that is read of the process is read before the answer: once the kernel has written the
+    core, the process may be gone."""
     pidfd = connection.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     peer = peer_of(pidfd)
     if not peer.dumping:  # root's own process, not the kernel: nothing of it is kept
         raise ConnectionError(f"a connection from process {peer.pid}, which is not dumping core")
-    comm = _proc(peer.pid, "comm").strip()
-    exe = ""
-    with contextlib.suppress(OSError):
-        exe = os.readlink(f"/proc/{peer.pid}/exe")
-    _handshake(connection, reject=_looping(store, exe or None, comm))
+    # The pidfd on fd 3, as the kernel gives it to a pipe (the server keeps 0-2 taken).
+    if pidfd != 3:
+        os.dup2(pidfd, 3, inheritable=False)
+        os.close(pidfd)
     argv = [
         str(peer.pid),
-        str(peer.tid),
-        str(peer.tid),
+        "",  # the crashing thread: the peer is the thread group (the core says which)
+        "",
         str(peer.signal or ""),
         str(int(time.time())),
         _core_limit(peer.pid),
@@ -181,19 +186,17 @@ def _crash(connection: socket.socket, store: str, analyze: bool) -> int:
         str(peer.uid),
         str(peer.gid),
         "3",
-        _their_hostname(pidfd),
-        comm,
+        _their_hostname(3),
+        _proc(peer.pid, "comm").strip(),
     ]
-    # The core on standard input and the pidfd on fd 3, as the kernel gives them to a pipe
-    # (both are 3 or above: the server keeps 0, 1 and 2 taken).
+    args = arguments(argv)
+    known = identify(args)
+    _handshake(connection, reject=_looping(store, peer.uid, known[1]["exe"], args["comm"]))
     stream = connection.detach()
     os.dup2(stream, 0)
-    if pidfd != 3:
-        os.dup2(pidfd, 3)
-        os.close(pidfd)
     if stream != 3:
         os.close(stream)
-    return collect(argv, store, analyze=analyze)
+    return collect(argv, store, analyze=analyze, known=known)
 
 
 def _their_hostname(pidfd: int) -> str:
@@ -207,17 +210,20 @@ def _their_hostname(pidfd: int) -> str:
     return socket.gethostname()
 
 
-def _looping(store: str, exe: str | None, comm: str) -> bool:
+def _looping(store: str, uid: int, exe: str | None, comm: str) -> bool:
     """Whether the program crashed more than the rate allows in the last minute: its core
-    is refused before the kernel writes it (its record is kept)."""
+    is refused before the kernel writes it (its record is kept).  Read-only and quick: the
+    crashed process waits for this answer, so a busy or damaged database means no."""
     try:
         store_fd = open_store(store, create=False)
     except OSError:
         return False
     try:
-        connection = connect(store_fd)
+        connection = sqlite3.connect(
+            f"file:/proc/self/fd/{store_fd}/{DATABASE}?mode=ro", uri=True, timeout=0.5
+        )
         try:
-            return recent_crashes(connection, exe, comm) >= RATE
+            return recent_crashes(connection, uid, exe, comm) >= RATE
         finally:
             connection.close()
     except sqlite3.Error:
@@ -227,7 +233,7 @@ def _looping(store: str, exe: str | None, comm: str) -> bool:
 
 
 def _listen(path: str) -> socket.socket:
-    """The socket, in a folder of root's that nobody else may enter."""
+    """The socket, in a folder of root's that nobody else may enter; not another server's."""
     folder = os.path.dirname(path) or "/"
     os.makedirs(folder, mode=0o700, exist_ok=True)
     facts = os.lstat(folder)
@@ -236,6 +242,8 @@ def _listen(path: str) -> socket.socket:
             f"{folder} is not a folder of root's closed to others: give the socket another "
             "place with --socket PATH"
         )
+    if listening(path):
+        raise ServeError(f"a server listens on {path} already: stop it, or give --socket PATH")
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)  # a socket left by a server that was killed
@@ -281,21 +289,31 @@ def serve(
         raise ServeError(f"the socket path {path} is too long for core_pattern (127 at most)")
     os.umask(0o077)
     occupy_standard_descriptors()
+    # A server that dumped core would wait for itself on its own socket, and every crash
+    # after it: the kernel is told not to dump it (nor the children, which inherit this).
+    import ctypes
+
+    ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+    import zstandard  # noqa: F401  (once here, not in every crash's child)
+
+    server = _listen(path)
+    ours = f"@@{path}"
+    restore: str | None = None  # the core_pattern to put back at the end
     store_fd = open_store(store, create=True)  # checked now: an unsafe store stops the start
     try:
         connect(store_fd).close()  # the database made, or brought up to date
         if install:
             with open(CORE_PATTERN) as file:
                 previous = file.read().strip()
-            if not previous.startswith("@@"):  # not a server's left by a SIGKILL
-                remember_pattern(store_fd, previous)
+            kept = remember_pattern(store_fd, previous, serving=ours)
+            # Another of redhand's (a pipe) is put back; one of this store's servers, killed,
+            # is not: the pattern before it, kept in the store, is.
+            restore = previous if kept or previous.startswith("|") else ""
+    except BaseException:
+        server.close()
+        raise
     finally:
         os.close(store_fd)
-    server = _listen(path)
-    pattern = None  # the core_pattern to put back at the end
-    import ctypes  # noqa: F401  (once here, not in every crash's child)
-
-    import zstandard  # noqa: F401
 
     stop = False
 
@@ -308,33 +326,31 @@ def serve(
     children: set[int] = set()
     try:
         if install:
-            with open(CORE_PATTERN) as file:
-                pattern = file.read().strip()
             with open(CORE_PATTERN, "w") as file:
-                file.write(f"@@{path}")
-        if analyze:  # the crashes whose analyses were killed with the last server
-            start_analysis(store, None)
+                file.write(ours)
         if ready is not None:
             os.write(ready, f"listening on {path}\n".encode())
             os.close(ready)
+        if analyze:  # the crashes whose analyses were killed with the last server
+            start_analysis(store, None)
         server.settimeout(0.5)
         while not stop:
             try:
                 connection, _address = server.accept()
+                children.add(_fork(connection, server, store, analyze))
             except TimeoutError:
-                connection = None
+                pass
             except InterruptedError:
                 continue
-            if connection is not None:
-                children.add(_fork(connection, server, store, analyze))
+            except OSError as error:  # out of descriptors or processes: the next may do
+                log.warning("a crash could not be taken: %s", error)
+                time.sleep(0.05)
             children = _reap(children)
     finally:
-        if pattern is not None:  # the one kept in the store (the one before a killed server)
-            try:
-                uninstall(store)
-            except (OSError, sqlite3.Error):
-                with open(CORE_PATTERN, "w") as file:
-                    file.write("core" if pattern.startswith("@@") else pattern)
+        with open(CORE_PATTERN) as file:
+            still_ours = file.read().strip() == ours
+        if restore is not None and still_ours:  # left alone if someone changed it since
+            _put_back(store, restore)
         server.close()
         with contextlib.suppress(OSError):
             os.unlink(path)
@@ -345,14 +361,34 @@ def serve(
     return 0
 
 
+def _put_back(store: str, pattern: str) -> None:
+    """The core_pattern from before the server: ``pattern``, or the one kept in the store."""
+    try:
+        if pattern:
+            with open(CORE_PATTERN, "w") as file:
+                file.write(pattern)
+        else:
+            uninstall(store)
+    except (OSError, sqlite3.Error) as error:
+        log.warning("core_pattern could not be put back: %s", error)
+        with open(CORE_PATTERN, "w") as file:
+            file.write(pattern or "core")
+
+
 def _fork(connection: socket.socket, server: socket.socket, store: str, analyze: bool) -> int:
-    child = os.fork()
+    try:
+        child = os.fork()
+    except OSError:
+        connection.close()
+        raise
     if child == 0:
         code = 1
         try:
             server.close()
+            # A crash being collected is finished: the server's stop (a signal to its
+            # process group, or to its service) does not cut a core in the middle.
             for signo in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(signo, signal.SIG_DFL)
+                signal.signal(signo, signal.SIG_IGN)
             connection.settimeout(None)
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, 1)  # the crash's id, which the collector prints, is not the server's
@@ -360,6 +396,8 @@ def _fork(connection: socket.socket, server: socket.socket, store: str, analyze:
             code = _crash(connection, store, analyze)
         except (OSError, ConnectionError) as error:
             log.warning("a crash could not be collected: %s", error)
+        except Exception:
+            log.exception("a crash could not be collected")
         finally:
             os._exit(code)
     connection.close()
