@@ -512,7 +512,7 @@ def test_one_bug_one_bucket_whatever_the_build_and_the_entry(tmp_path: Path) -> 
     store = tmp_path / "store"
     with contextlib.ExitStack() as copies:
         for build, flags in BUILDS.items():
-            # The analyzer runs as nobody: the programs must be readable to it, as
+            # The analyzer runs as a user of its own: the programs must be readable to it, as
             # installed programs are (the test's own folders are root's alone).
             built = compile_c("bugs.c", tmp_path / build, [*flags, "-pthread"])
             named = tmp_path / build / "bugs"  # every build installed as the same program

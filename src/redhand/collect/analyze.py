@@ -2,7 +2,7 @@
 
 Never done by the root collector.  For each crash still ``collected``, the
 store's owner (root) decompresses the core into a memory file and starts
-``redhand core --json`` on it as an unprivileged user (``nobody``), with no
+``redhand core --json`` on it as an unprivileged user of its own, with no
 new privileges, no core dumps of its own, and bounded memory and CPU time; the
 report comes back on a pipe.  The signature is made from that report (plain
 data: names and numbers), and the crash, its bucket and the cores kept per
@@ -32,6 +32,7 @@ KEEP_FIRST = 2
 KEEP_LAST = 3
 ANALYZER_SECONDS = 120
 ANALYZER_MEMORY = 4 << 30
+ANALYZER_ID = 0x7FFFFFFE  # the analyzer's uid and gid: in no passwd, no process's but its own
 _CHUNK = 1 << 20
 
 
@@ -57,12 +58,12 @@ def _sandbox() -> None:
     libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
     if os.geteuid() == 0:
-        import pwd
-
-        nobody = pwd.getpwnam("nobody")
+        # A user and group of its own, no one else's (not even nobody's): the exec that
+        # follows makes it dumpable again, and a process of the same user could then trace
+        # it and read the core it holds.
         os.setgroups([])
-        os.setresgid(nobody.pw_gid, nobody.pw_gid, nobody.pw_gid)
-        os.setresuid(nobody.pw_uid, nobody.pw_uid, nobody.pw_uid)
+        os.setresgid(ANALYZER_ID, ANALYZER_ID, ANALYZER_ID)
+        os.setresuid(ANALYZER_ID, ANALYZER_ID, ANALYZER_ID)
 
 
 def _memory_copy(compressed: int) -> int:
