@@ -296,12 +296,13 @@ def serve(
     ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
     import zstandard  # noqa: F401  (once here, not in every crash's child)
 
-    server = _listen(path)
     ours = f"@@{path}"
     restore: str | None = None  # the core_pattern to put back at the end
+    server: socket.socket | None = None
     store_fd = open_store(store, create=True)  # checked now: an unsafe store stops the start
     try:
         connect(store_fd).close()  # the database made, or brought up to date
+        server = _listen(path)
         if install:
             with open(CORE_PATTERN) as file:
                 previous = file.read().strip()
@@ -310,7 +311,10 @@ def serve(
             # is not: the pattern before it, kept in the store, is.
             restore = previous if kept or previous.startswith("|") else ""
     except BaseException:
-        server.close()
+        if server is not None:
+            server.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         raise
     finally:
         os.close(store_fd)
