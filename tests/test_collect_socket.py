@@ -159,6 +159,18 @@ def test_a_socket_folder_open_to_others_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 13
     assert len(result.stderr.splitlines()) == 1 and "closed to others" in result.stderr
     assert "Traceback" not in result.stderr
+    # A store that cannot be made: said in one line, and no socket is left.
+    socket_path = tmp_path / "run" / "core.sock"
+    no_store = subprocess.run(
+        [*REDHAND, "collect", "--serve", "--store", str(tmp_path / "no" / "store"),
+         "--socket", str(socket_path)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )  # fmt: skip
+    assert no_store.returncode == 11 and len(no_store.stderr.splitlines()) == 1
+    assert "the folder it goes in must exist" in no_store.stderr
+    assert not socket_path.exists()
 
 
 @needs_sockets

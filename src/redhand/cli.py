@@ -1381,6 +1381,7 @@ def _collect_serve(words: list[str], store: str) -> int:
     """``redhand collect --serve [--socket PATH] [--install] [--store DIR] [--no-analyze]``:
     the kernel's coredump socket (Linux 6.17 and later)."""
     import argparse
+    import errno
 
     from redhand.collect.server import DEFAULT_SOCKET, ServeError, serve
     from redhand.collect.store import StoreError
@@ -1408,7 +1409,7 @@ def _collect_serve(words: list[str], store: str) -> int:
         )
     except StoreError as error:
         print(f"redhand collect: {error.strerror or error}", file=sys.stderr)
-        return 4
+        return 4 if error.errno in (errno.EACCES, errno.EPERM) else 11
     except (ServeError, OSError) as error:
         print(f"redhand collect: {error}", file=sys.stderr)
         return 13

@@ -171,10 +171,6 @@ def _crash(connection: socket.socket, store: str, analyze: bool) -> int:
     peer = peer_of(pidfd)
     if not peer.dumping:  # root's own process, not the kernel: nothing of it is kept
         raise ConnectionError(f"a connection from process {peer.pid}, which is not dumping core")
-    # The pidfd on fd 3, as the kernel gives it to a pipe (the server keeps 0-2 taken).
-    if pidfd != 3:
-        os.dup2(pidfd, 3, inheritable=False)
-        os.close(pidfd)
     argv = [
         str(peer.pid),
         "",  # the crashing thread: the peer is the thread group (the core says which)
@@ -185,17 +181,16 @@ def _crash(connection: socket.socket, store: str, analyze: bool) -> int:
         str(peer.dump_mode if peer.dump_mode is not None else ""),
         str(peer.uid),
         str(peer.gid),
-        "3",
-        _their_hostname(3),
+        str(pidfd),  # where a pipe's collector has it on 3 (%F); here, where it is
+        _their_hostname(pidfd),
         _proc(peer.pid, "comm").strip(),
     ]
     args = arguments(argv)
     known = identify(args)
     _handshake(connection, reject=_looping(store, peer.uid, known[1]["exe"], args["comm"]))
-    stream = connection.detach()
+    stream = connection.detach()  # the core on standard input, as for a pipe
     os.dup2(stream, 0)
-    if stream != 3:
-        os.close(stream)
+    os.close(stream)
     return collect(argv, store, analyze=analyze, known=known)
 
 

@@ -71,8 +71,15 @@ def open_store(path: str, *, create: bool) -> int:
     """A descriptor of the store's directory, checked; created (0700) when missing and
     ``create``."""
     if create:
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as error:
+            message = f"the crash store {path} cannot be made: {error.strerror}"
+            if error.errno == errno.ENOENT:
+                message += " (the folder it goes in must exist)"
+            raise StoreError(error.errno, message) from None
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as error:
