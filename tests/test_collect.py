@@ -291,6 +291,38 @@ def test_a_crash_in_another_pid_namespace_says_which(a_core: Path, tmp_path: Pat
     assert document["crashes"][0]["container"] == f"pid namespace {namespace}"
 
 
+# /proc/PID/cgroup as each engine leaves it (cgroup v2, and v1 where engines still differ).
+CGROUPS = [
+    ("0::/system.slice/docker-" + "a1" * 32 + ".scope", "docker a1a1a1a1a1a1"),
+    ("0::/docker/" + "b2" * 32, "docker b2b2b2b2b2b2"),
+    ("12:pids:/docker/" + "c3" * 32 + "\n0::/", "docker c3c3c3c3c3c3"),
+    ("0::/system.slice/containerd.service/cri-containerd-" + "d4" * 32 + ".scope",
+     "containerd d4d4d4d4d4d4"),
+    ("0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234.slice/crio-"
+     + "e5" * 32 + ".scope", "cri-o e5e5e5e5e5e5"),
+    ("0::/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + "f6" * 32
+     + ".scope/container", "podman f6f6f6f6f6f6"),
+    ("0::/machine.slice/libpod_parent/libpod-" + "07" * 32 + ".scope", "podman 070707070707"),
+    ("0::/lxc.payload.web1", "lxc web1"),
+    ("0::/machine.slice/machine-debian12.scope/payload", "systemd-nspawn debian12"),
+    ("11:memory:/kubepods/burstable/pod9f0c/" + "18" * 32, "kubernetes 181818181818"),
+    ("0::/user.slice/user-1000.slice/session-3.scope", None),
+    ("0::/", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cgroups, container", CGROUPS)
+def test_the_container_is_read_from_each_engines_cgroup(
+    cgroups: str, container: str | None
+) -> None:
+    from redhand.collect.helper import _container
+
+    path, found = _container(cgroups)
+    assert found == container
+    assert path == next((line.split(":", 2)[2] for line in cgroups.splitlines()
+                         if line.split(":", 2)[2] not in ("", "/")), None)  # fmt: skip
+
+
 def test_a_containers_program_is_named_from_the_containers_own_files(tmp_path: Path) -> None:
     """A program that exists only inside a container (its own root, as a chroot in a mount
     namespace gives): the collector hands the process's root to the analysis, which names

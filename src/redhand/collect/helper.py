@@ -194,11 +194,12 @@ def _container(cgroups: str) -> tuple[str | None, str | None]:
     chosen = next((p for p in unified + paths if p not in ("", "/")), None)
     for path in paths:
         parts = [part for part in path.split("/") if part]
-        for index, part in enumerate(parts):
+        for part in parts:  # a scope named after the engine first (under a parent of its own)
             for start, end, engine in _ENGINES:
                 if part.startswith(start) and part.endswith(end) and len(part) > len(start + end):
                     name = part[len(start) : len(part) - len(end) if end else None]
                     return chosen, f"{engine} {name[:12] if engine != 'lxc' else name}"
+        for index, part in enumerate(parts):
             parent = _PARENTS.get(part)
             if parent is not None and index + 1 < len(parts):
                 return chosen, f"{parent} {parts[index + 1][:12]}"
