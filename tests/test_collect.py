@@ -948,6 +948,12 @@ def test_the_web_page_in_a_real_browser(tmp_path: Path) -> None:
         sibling.find_element("css selector", "a").click()
         assert "process_reset" in browser.find_element("css selector", "#signature").text
         assert "process_null" in browser.find_element("css selector", "#family").text
+        browser.find_element("link text", "families").click()
+        families = browser.find_elements("css selector", "#families tr")[1:]
+        assert sorted(cells(row)[1] for row in families) == ["1", "3"]
+        (both,) = [row for row in families if cells(row)[1] == "3"]
+        assert cells(both)[-1] == "null-dereference | store_value"
+        assert len(both.find_elements("css selector", "a")) == 2
         browser.get(bucket_page)
         browser.find_element("css selector", "#crashes tr td a").click()
         assert "crash " in browser.title
@@ -1009,3 +1015,7 @@ def test_the_fleets_web_page_in_a_real_browser(tmp_path: Path, postgresql: str) 
         assert [
             cells(row)[1] for row in browser.find_elements("css selector", "#buckets tr")[1:]
         ] == ["1"]
+        browser.find_element("link text", "families").click()  # the fleet's, with hosts
+        rows = browser.find_elements("css selector", "#families tr")
+        assert "hosts" in rows[0].text
+        assert sorted(cells(row)[1:3] for row in rows[1:]) == [["1", "1"], ["2", "2"]]

@@ -23,9 +23,12 @@ from redhand.collect.fleet import connect as fleet_connect
 from redhand.collect.fleet import migrate
 from redhand.collect.query import (
     CrashBucket,
+    CrashFamily,
     CrashFilter,
     crash_frames,
+    families_of,
     fleet_buckets,
+    fleet_families,
     store_buckets,
 )
 from redhand.collect.store import connect, open_store, stamp
@@ -40,7 +43,8 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 code, pre { font-family: ui-monospace, monospace; font-size: 0.9em; }
 .muted { color: #777; }
 </style></head><body>
-<p><a href="/">all buckets</a> <span class="muted">of {{ origin }}</span></p>
+<p><a href="/">all buckets</a> · <a href="/families">families</a>
+<span class="muted">of {{ origin }}</span></p>
 <h1>{{ title }}</h1>
 {{ body | safe }}
 </body></html>
@@ -61,6 +65,21 @@ The {{ buckets | length }} with the most crashes are listed:
 <td class="n">{{ b.cores }}</td>{% if fleet %}<td class="n">{{ b.hosts }}</td>{% endif %}
 <td>{{ b.first }}</td><td>{{ b.last }}</td>
 <td>{{ b.program }}</td><td><code>{{ b.signature }}</code></td></tr>
+{% endfor %}
+</table>
+"""
+
+_FAMILIES = """
+<p class="muted">The buckets of one crash site reached from different callers.</p>
+<table id="families">
+<tr><th>family</th><th>count</th>{% if fleet %}<th>hosts</th>{% endif %}<th>buckets</th>
+<th>first seen</th><th>last seen</th><th>program</th><th>crash site</th></tr>
+{% for f in families %}
+<tr><td>{{ f.key[:12] }}</td><td class="n">{{ f.count }}</td>
+{% if fleet %}<td class="n">{{ f.hosts }}</td>{% endif %}
+<td>{% for b in f.buckets %}<a href="/bucket/{{ b }}">{{ b[:12] }}</a> {% endfor %}</td>
+<td>{{ f.first }}</td><td>{{ f.last }}</td><td>{{ f.program }}</td>
+<td><code>{{ f.site }}</code></td></tr>
 {% endfor %}
 </table>
 """
@@ -212,6 +231,9 @@ class StoreSource:
     def siblings(self, key: str) -> list[tuple[str, str, int]]:
         return self._query(_siblings_sql("?", "crashes"), (key, key))
 
+    def families(self, _host: str | None) -> list[CrashFamily]:
+        return families_of(self.buckets(None)[0])
+
 
 class FleetSource:
     """A fleet's crashes in PostgreSQL (``redhand crashes push``), one connection per request."""
@@ -272,6 +294,9 @@ class FleetSource:
 
     def siblings(self, key: str) -> list[tuple[str, str, int]]:
         return self._query(_siblings_sql("%s", "redhand_crashes"), (key, key))
+
+    def families(self, host: str | None) -> list[CrashFamily]:
+        return fleet_families(self.url, CrashFilter(host=host))[1]
 
 
 Source = StoreSource | FleetSource
@@ -334,6 +359,25 @@ def make_app(source: Source) -> Any:
             waiting=waiting,
             chart=_chart(days),
         )
+
+    @app.get("/families")
+    def families() -> str:
+        host = request.args.get("host") or None
+        shown = [
+            {
+                "key": f.family,
+                "count": f.count,
+                "hosts": f.hosts,
+                "buckets": f.buckets,
+                "first": stamp(f.first_seen),
+                "last": stamp(f.last_seen),
+                "program": _program(f.exe),
+                "site": f.site,
+            }
+            for f in source.families(host)[:_SHOWN]
+        ]
+        return page(f"crash families of {host}" if host else "crash families", _FAMILIES,
+                    families=shown)  # fmt: skip
 
     @app.get("/bucket/<key>")
     def bucket(key: str) -> str:
