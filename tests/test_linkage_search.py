@@ -116,6 +116,63 @@ def build_tree(tmp_path: Path, exe_dtags: str) -> tuple[Path, Path]:
     return exe, override
 
 
+CPU_SUBDIRECTORIES = [
+    "glibc-hwcaps/x86-64-v4",
+    "glibc-hwcaps/x86-64-v3",
+    "glibc-hwcaps/x86-64-v2",
+    "tls/x86_64",
+    "x86_64",
+    "tls",
+    "",
+]
+
+
+@pytest.mark.parametrize("search", ["LD_LIBRARY_PATH", "RUNPATH", "RPATH"])
+def test_the_cpus_subdirectories_are_tried_first_as_ld_so_tries_them(
+    tmp_path: Path, search: str
+) -> None:
+    """A library in a directory and in each of its CPU subdirectories (the glibc-hwcaps
+    levels, and glibc 2.36's legacy tls and x86_64): the copy the plan names is the one ld.so
+    takes, as ldd says."""
+    folder = tmp_path / "libs"
+    for number, sub in enumerate(CPU_SUBDIRECTORIES):
+        where = folder / sub
+        where.mkdir(parents=True, exist_ok=True)
+        source = tmp_path / f"hw{number}.c"
+        source.write_text(f"int hw(void) {{ return {number}; }}\n")
+        subprocess.run(
+            ["gcc", "-shared", "-fPIC", "-o", str(where / "libhw.so"), str(source),
+             "-Wl,-soname,libhw.so"],
+            check=True, timeout=TIMEOUT,
+        )  # fmt: skip
+    program = tmp_path / "prog.c"
+    program.write_text("int hw(void);\nint main(void) { return hw(); }\n")
+    exe = tmp_path / "prog"
+    link = {
+        "LD_LIBRARY_PATH": [],
+        "RUNPATH": ["-Wl,--enable-new-dtags", f"-Wl,-rpath,{folder}"],
+        "RPATH": ["-Wl,--disable-new-dtags", f"-Wl,-rpath,{folder}"],
+    }[search]
+    subprocess.run(
+        ["gcc", "-o", str(exe), str(program), f"-L{folder}", "-lhw", *link],
+        check=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    env = {**os.environ}
+    env.pop("LD_LIBRARY_PATH", None)
+    if search == "LD_LIBRARY_PATH":
+        env["LD_LIBRARY_PATH"] = str(folder)
+    listed = ldd(exe, env)
+    taken = dict(listed)["libhw.so"]
+    if same_file(taken, str(folder / "libhw.so")):
+        pytest.skip("this CPU and this glibc search no subdirectory of a library directory")
+    plan = plan_of(exe, env)
+    assert_same_objects(plan, listed)
+    libraries = {f["name"]: f for f in plan["libraries"]}  # type: ignore[attr-defined]
+    assert libraries["libhw.so"]["how"] == (
+        search if search == "LD_LIBRARY_PATH" else f"{search} of prog"
+    )
+
+
 @pytest.mark.parametrize("dtags", ["--disable-new-dtags", "--enable-new-dtags"])
 @pytest.mark.parametrize("library_path", [False, True])
 def test_rpath_runpath_ld_library_path_and_a_missing_library_as_ldd_says(

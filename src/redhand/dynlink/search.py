@@ -13,12 +13,20 @@ process would start with; the lookup of :mod:`redhand.dynlink.process` then bind
 import in it, and the versions each object needs are checked against those its providers
 define, as ld.so does before it runs anything.
 
-Not modelled: the glibc-hwcaps subdirectories (empty on Debian), secure mode (set-uid
-programs ignore LD_LIBRARY_PATH), and ld.so.conf edits not yet cached by ldconfig.
+In each directory, ld.so first tries subdirectories for what the CPU supports: the
+glibc-hwcaps ones (``glibc-hwcaps/x86-64-v3``, ...) and, up to glibc 2.36, the legacy ones
+(``tls``, ``x86_64`` and their combinations).  Which, and in what order, depends on the CPU
+and the glibc: this machine's ld.so is asked once (its ``--list`` mode, which runs no program,
+with ``LD_DEBUG=libs`` on a search path of one probe directory).
+
+Not modelled: the glibc-hwcaps entries of ld.so.cache (the first entry of a name is taken),
+secure mode (set-uid programs ignore LD_LIBRARY_PATH), and ld.so.conf edits not yet cached
+by ldconfig.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Iterator, Sequence
@@ -152,10 +160,47 @@ def _usable(path: str) -> bool:
     )
 
 
+_PROBE = "/.redhand-hwcaps-probe"
+
+
+@functools.cache
+def subdirectories(interpreter: str) -> tuple[str, ...]:
+    """The subdirectories ld.so tries in each directory of a search path, best first, the
+    directory itself (``""``) last: as this machine's ``interpreter`` says when it looks for
+    a library of Python's own in a probe directory (nothing runs: its ``--list`` mode)."""
+    import subprocess
+    import sys
+
+    try:
+        told = subprocess.run(
+            [interpreter, "--list", sys.executable],
+            env={"LD_LIBRARY_PATH": _PROBE, "LD_DEBUG": "libs"},
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stderr
+    except (OSError, subprocess.SubprocessError):
+        return ("",)
+    for line in told.splitlines():
+        if "search path=" in line and line.rstrip().endswith("(LD_LIBRARY_PATH)"):
+            paths = line.split("search path=", 1)[1].split()[0].split(":")
+            found = [p[len(_PROBE) :].lstrip("/") for p in paths if p.startswith(_PROBE)]
+            return tuple(dict.fromkeys([*found, ""]))
+    return ("",)
+
+
 class _Search:
-    def __init__(self, library_path: Sequence[str], cache: dict[str, str]) -> None:
+    def __init__(
+        self, library_path: Sequence[str], cache: dict[str, str], interpreter: str | None
+    ) -> None:
         self.library_path = list(library_path)
         self.cache = cache
+        self.subdirectories = subdirectories(interpreter) if interpreter else ("",)
+
+    def _in(self, directory: str, name: str) -> Iterator[str]:
+        """Where ``name`` is tried in ``directory``: its CPU subdirectories, then itself."""
+        for sub in self.subdirectories:
+            yield os.path.join(directory, sub, name) if sub else os.path.join(directory, name)
 
     def find(self, name: str, loader: LinkedModule, chain: Sequence[LinkedModule]) -> FoundLibrary:
         found = FoundLibrary(name, loader.path, None, "not found")
@@ -166,21 +211,21 @@ class _Search:
                 found.path, found.how = path, "its path"
             return found
         for directory, how in self._places(loader, chain):
-            candidate = os.path.join(directory, name)
-            found.tried.append(candidate)
-            if _usable(candidate):
-                found.path, found.how = os.path.normpath(candidate), how
-                return found
+            for candidate in self._in(directory, name):
+                found.tried.append(candidate)
+                if _usable(candidate):
+                    found.path, found.how = os.path.normpath(candidate), how
+                    return found
         cached = self.cache.get(name)
         if cached is not None and _usable(cached):
             found.path, found.how = cached, "ld.so.cache"
             return found
         for directory in SYSTEM_DIRECTORIES:
-            candidate = os.path.join(directory, name)
-            found.tried.append(candidate)
-            if _usable(candidate):
-                found.path, found.how = candidate, "a system directory"
-                return found
+            for candidate in self._in(directory, name):
+                found.tried.append(candidate)
+                if _usable(candidate):
+                    found.path, found.how = candidate, "a system directory"
+                    return found
         return found
 
     def _places(
@@ -213,8 +258,10 @@ def plan(
 ) -> LoadPlan:
     """The objects the program at ``path`` would start with, and where each of its imports
     (and its libraries') would bind."""
-    search = _Search(library_path, read_cache() if cache is None else cache)
     executable = _module(path)
+    interpreter = executable.dynamic.interpreter if executable.dynamic else None
+    usable = interpreter if interpreter and _usable(interpreter) else None
+    search = _Search(library_path, read_cache() if cache is None else cache, usable)
     modules = [executable]
     libraries: list[FoundLibrary] = []
     loaded_by: dict[int, LinkedModule] = {}  # an object -> the one that loaded it
@@ -251,8 +298,7 @@ def plan(
         soname = module.dynamic.soname if module.dynamic else None
         names[id(module)] = {name, found.path, *([soname] if soname else [])}
 
-    interpreter = executable.dynamic.interpreter if executable.dynamic else None
-    rtld = _module(interpreter) if interpreter and _usable(interpreter) else None
+    rtld = _module(usable) if usable else None
     if rtld is not None:
         # ld.so is loaded before anything: a need of it (libc's) finds it by its soname, and
         # it takes its place in the map there.
