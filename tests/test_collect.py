@@ -176,6 +176,16 @@ def test_collect_status_says_what_the_kernel_does_and_what_the_store_holds(
     assert lines[-1] == f"store: {store}: {facts}"
     if not pattern.startswith(("|", "@")):
         assert shown.returncode == 16 and "not redhand" in lines[1]
+    as_json = subprocess.run(
+        [*REDHAND, "collect", "--status", "--store", str(store), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    document = json.loads(as_json.stdout)
+    assert document["kind"] == "collect-status" and document["core_pattern"] == pattern
+    assert (document["crashes"], document["last_day"], document["waiting"]) == (2, 2, 2)
+    assert document["handled"] == (as_json.returncode == 0) == (shown.returncode == 0)
     missing = subprocess.run(
         [*REDHAND, "collect", "--status", "--store", str(tmp_path / "none")],
         capture_output=True,

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 _COLLECT_USAGE = """\
 usage: redhand collect --install [--store DIR]     become the kernel's core handler (a pipe)
        redhand collect --uninstall [--store DIR]   put the previous core_pattern back
-       redhand collect --status [--store DIR]      is redhand the core handler? (exit 16: no)
+       redhand collect --status [--store DIR] [--json]
+                                                   is redhand the core handler? (exit 16: no)
        redhand collect --serve [--install] [--socket PATH] [--store DIR]
                                                    the kernel's coredump socket (Linux 6.17+)
        redhand collect [--store DIR] [--no-analyze] %P %i %I %s %t %c %d %u %g %F %h %e
@@ -36,10 +37,14 @@ def collect_command(argv: Sequence[str]) -> int:
     if "--serve" in words:
         return _collect_serve(words, store)
     if words[:1] == ["--status"]:
+        import json
+
         from redhand.collect.status import status
 
+        as_json = "--json" in words
+        words = [word for word in words if word != "--json"]
         found = status(words[2] if words[1:2] == ["--store"] and len(words) > 2 else None)
-        print("\n".join(found.lines))
+        print(json.dumps(found.to_json()) if as_json else "\n".join(found.lines))
         return 0 if found.handled else 16
     if words[:1] in (["--install"], ["--uninstall"]):
         from redhand.collect.helper import install, uninstall

@@ -22,13 +22,27 @@ _ACCEPTING = 0x10000  # __SO_ACCEPTCON in /proc/net/unix's Flags: a listening so
 
 @dataclass
 class Status:
-    """``handled``: redhand gets the machine's cores (``mode``: ``pipe`` or ``socket``)."""
+    """``handled``: redhand gets the machine's cores (``mode``: ``pipe`` or ``socket``);
+    what the store holds (``crashes``, ``last_day``, ``waiting``: None, with ``problem``,
+    when it cannot be read); ``lines``: the same for people."""
 
     pattern: str
     handled: bool
     mode: str | None
     store: str
     lines: list[str]
+    crashes: int | None = None
+    last_day: int | None = None
+    waiting: int | None = None
+    problem: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        document: dict[str, object] = {"redhand": 1, "kind": "collect-status"}
+        document.update(
+            (key, value) for key, value in vars(self).items() if key not in ("pattern", "lines")
+        )
+        document["core_pattern"] = self.pattern
+        return document
 
 
 def listening(path: str) -> bool:
@@ -79,16 +93,24 @@ def status(store: str | None = None) -> Status:
             f"({'named ' + pattern if pattern else 'none'}); `redhand collect --install` "
             "makes redhand the core handler"
         )
-    store = store or DEFAULT_STORE
-    lines.append(f"store: {store}: {_store_facts(store)}")
-    return Status(pattern, handled, mode, store, lines)
+    found = Status(pattern, handled, mode, store or DEFAULT_STORE, lines)
+    _store_facts(found)
+    if found.problem is not None:
+        lines.append(f"store: {found.store}: {found.problem}")
+    else:
+        lines.append(
+            f"store: {found.store}: {found.crashes} crash(es), {found.last_day} in the last "
+            f"day, {found.waiting} waiting for their analysis"
+        )
+    return found
 
 
-def _store_facts(store: str) -> str:
+def _store_facts(found: Status) -> None:
     try:
-        store_fd = open_store(store, create=False)
+        store_fd = open_store(found.store, create=False)
     except StoreError as error:
-        return str(error.strerror or error)
+        found.problem = str(error.strerror or error)
+        return
     try:
         connection = connect(store_fd)
         try:
@@ -99,10 +121,8 @@ def _store_facts(store: str) -> str:
         finally:
             connection.close()
     except sqlite3.Error as error:
-        return f"the crash database cannot be used ({error})"
+        found.problem = f"the crash database cannot be used ({error})"
+        return
     finally:
         os.close(store_fd)
-    return (
-        f"{total} crash(es), {recent or 0} in the last day, "
-        f"{waiting or 0} waiting for their analysis"
-    )
+    found.crashes, found.last_day, found.waiting = total, recent or 0, waiting or 0
