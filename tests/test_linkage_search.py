@@ -173,6 +173,39 @@ def test_the_cpus_subdirectories_are_tried_first_as_ld_so_tries_them(
     )
 
 
+@pytest.mark.parametrize("nodeflib", [False, True])
+def test_a_library_marked_nodefaultlib_has_its_needs_looked_for_in_its_paths_alone(
+    tmp_path: Path, nodeflib: bool
+) -> None:
+    """A library linked with ``-z nodefaultlib`` needs libz.so.1, which only the system's
+    directories (and ld.so.cache) have: ld.so does not find it for that library, as ldd
+    says; unmarked, it does."""
+    source = tmp_path / "a.c"
+    source.write_text("int zlibVersion(void);\nint a(void) { return zlibVersion() != 0; }\n")
+    library = tmp_path / "libs" / "liba.so"
+    library.parent.mkdir()
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(library), str(source), "-Wl,-soname,liba.so",
+         "-L/lib/x86_64-linux-gnu", "-l:libz.so.1", "-Wl,--no-as-needed",
+         *(["-Wl,-z,nodefaultlib"] if nodeflib else [])],
+        check=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    program = tmp_path / "prog.c"
+    program.write_text("int a(void);\nint main(void) { return a(); }\n")
+    exe = tmp_path / "prog"
+    subprocess.run(
+        ["gcc", "-o", str(exe), str(program), f"-L{library.parent}", "-la",
+         f"-Wl,-rpath,{library.parent}", "-Wl,-rpath-link,/lib/x86_64-linux-gnu"],
+        check=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    env = {**os.environ}
+    env.pop("LD_LIBRARY_PATH", None)
+    listed = ldd(exe, env)
+    assert (("libz.so.1", "not found") in listed) == nodeflib, listed
+    plan = plan_of(exe, env)
+    assert_same_objects(plan, listed)
+
+
 @pytest.mark.parametrize("dtags", ["--disable-new-dtags", "--enable-new-dtags"])
 @pytest.mark.parametrize("library_path", [False, True])
 def test_rpath_runpath_ld_library_path_and_a_missing_library_as_ldd_says(

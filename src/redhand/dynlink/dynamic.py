@@ -42,6 +42,7 @@ _GNU_HASH_HEADER = struct.Struct("<IIII")
 
 DF_SYMBOLIC = 0x2
 DF_1_NOW = 0x1
+DF_1_NODEFLIB = 0x800
 VERSYM_HIDDEN = 0x8000
 _MAX_VERSIONS = 1 << 16
 _MAX_SYMBOLS = 1 << 24
@@ -164,6 +165,7 @@ class Dynamic:
     bind_now: bool = False
     symbolic: bool = False
     relro: str = "none"  # "none", "partial" or "full"
+    nodeflib: bool = False  # DF_1_NODEFLIB: its needs are not looked for in the cache or /lib
     warnings: list[str] = field(default_factory=list)
     # Read from the file, the symbols and imports are lists; from the cache, columns and rows
     # that become DynSymbol and Import objects only as they are asked for.
@@ -326,6 +328,7 @@ def read_dynamic(elf: ElfFile, path: str | None = None) -> Dynamic:
         c.DT_BIND_NOW in values or bool(flags & c.DF_BIND_NOW) or bool(flags_1 & DF_1_NOW)
     )
     result.symbolic = c.DT_SYMBOLIC in values or bool(flags & DF_SYMBOLIC)
+    result.nodeflib = bool(flags_1 & DF_1_NODEFLIB)
     if any(s.p_type == c.PT_GNU_RELRO for s in segments):
         result.relro = "full" if result.bind_now else "partial"
     if not tags:
@@ -540,7 +543,7 @@ def _read_imports(elf: ElfFile, values: dict[int, int], result: Dynamic) -> list
 # -- the persistent cache ---------------------------------------------------------------
 
 _CACHE_KIND = "dynamic"
-_PAYLOAD_VERSION = 3
+_PAYLOAD_VERSION = 4
 _KIND_VALUES = frozenset(kind.value for kind in Kind)
 
 
@@ -590,6 +593,7 @@ def _to_rows(result: Dynamic) -> tuple[object, ...]:
         tuple(result.warnings),
         result.export_numbers,
         result.canonical_numbers,
+        result.nodeflib,
     )
 
 
@@ -602,7 +606,7 @@ def _load(payload: bytes | None, path: str) -> Dynamic | None:
             return None
         (file_type, interpreter, soname, needed, rpath, runpath, bind_now, symbolic, relro,
          symbol_columns, import_rows, warnings, export_numbers,
-         canonical_numbers) = rows  # fmt: skip
+         canonical_numbers, nodeflib) = rows  # fmt: skip
         if len(symbol_columns) != len(DynSymbol._fields) - 1:
             return None
         if any(r_type not in _KIND_VALUES for _o, r_type, _n, _a, _l in import_rows):
@@ -620,6 +624,7 @@ def _load(payload: bytes | None, path: str) -> Dynamic | None:
         bind_now=bind_now,
         symbolic=symbolic,
         relro=relro,
+        nodeflib=nodeflib,
         warnings=list(warnings),
         _columns=symbol_columns,
         _import_rows=import_rows,

@@ -19,6 +19,9 @@ glibc-hwcaps ones (``glibc-hwcaps/x86-64-v3``, ...) and, up to glibc 2.36, the l
 and the glibc: this machine's ld.so is asked once (its ``--list`` mode, which runs no program,
 with ``LD_DEBUG=libs`` on a search path of one probe directory).
 
+An object marked DF_1_NODEFLIB (``-z nodefaultlib``) has its needs looked for in its search
+paths alone: not in the cache, nor in the system directories.
+
 Not modelled: the glibc-hwcaps entries of ld.so.cache (the first entry of a name is taken),
 secure mode (set-uid programs ignore LD_LIBRARY_PATH), and ld.so.conf edits not yet cached
 by ldconfig.
@@ -216,6 +219,8 @@ class _Search:
                 if _usable(candidate):
                     found.path, found.how = os.path.normpath(candidate), how
                     return found
+        if loader.dynamic is not None and loader.dynamic.nodeflib:
+            return found  # DF_1_NODEFLIB: neither the cache nor the system directories
         cached = self.cache.get(name)
         if cached is not None and _usable(cached):
             found.path, found.how = cached, "ld.so.cache"
