@@ -861,6 +861,16 @@ def test_a_fleet_in_postgresql(tmp_path: Path, postgresql: str) -> None:
     ]
     assert any(f["site"] == "null-dereference | store_value" for f in families)
     assert [dataclasses.asdict(f) for f in redhand.crash_families(db=postgresql)] == families
+    # Crashes sent before families were made get theirs at the next push, which sends none.
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(postgresql, autocommit=True) as fleet_db:
+        fleet_db.execute("UPDATE redhand_crashes SET family = NULL WHERE host = 'web2'")
+    again = crashes(tmp_path / "store-web2", "push", "--to", postgresql, "--host", "web2")
+    assert again.returncode == 0 and "0 crash(es) sent" in again.stdout
+    with psycopg.connect(postgresql) as fleet_db:
+        assert fleet_db.execute(
+            "SELECT COUNT(*) FROM redhand_crashes WHERE family IS NULL"
+        ).fetchone() == (0,)
     text = crashes(tmp_path / "store-web1", "--db", postgresql).stdout
     assert "HOSTS" in text and "store_value | process_null" in text
     # The fleet's crashes, and one crash's report, by a prefix of its id.

@@ -166,7 +166,11 @@ def analyze(
     connection = connect(store_fd)
     try:
         import_pending(store_fd, connection)  # records the database could not take then
-        adopt_orphans(store_fd, connection)  # cores whose records were lost
+        if not crash_ids and stale is None:
+            # Cores whose records were lost with a database moved aside: looked for by the
+            # analysis a user asks for (the one README says to run then), not by the one of
+            # every crash, which would list and stat the whole spool each time.
+            adopt_orphans(store_fd, connection)
         waiting = (
             "SELECT id, core, exe, attempts FROM crashes WHERE status = 'collected' "
             "AND attempts < ? AND collected < ? ORDER BY time"

@@ -96,20 +96,20 @@ def push(store_connection: sqlite3.Connection, url: str, host: str | None = None
             for row in rows:
                 *fields, report = row
                 document = json.loads(decompress(report)) if report else None
+                # A crash sent before families were made gets its family now, in the same
+                # statement (one round trip a crash): the row tells whether it was new.
                 cursor.execute(
                     "INSERT INTO redhand_crashes (id, host, time, pid, signal, uid, exe, comm, "
                     "kind, bucket, signature, sig_version, core_bytes, core_kept, container, "
                     "family, report) VALUES (%s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+                    "%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
+                    "family = EXCLUDED.family WHERE redhand_crashes.family IS NULL "
+                    "AND EXCLUDED.family IS NOT NULL RETURNING (xmax = 0)",
                     (fields[0], host, *fields[1:12], bool(fields[12]), fields[13], fields[14],
                      json.dumps(document) if document is not None else None),
                 )  # fmt: skip
-                sent += cursor.rowcount
-                if not cursor.rowcount and fields[14] is not None:  # sent before families
-                    cursor.execute(
-                        "UPDATE redhand_crashes SET family = %s WHERE id = %s AND family IS NULL",
-                        (fields[14], fields[0]),
-                    )
+                inserted = cursor.fetchone()
+                sent += bool(inserted and inserted[0])
         connection.commit()
         return sent
     finally:

@@ -94,7 +94,7 @@ def _pidfd_pid(pidfd: int) -> int | None:
     return None
 
 
-def _read_proc(pid: int, name: str) -> bytes | None:
+def read_proc(pid: int, name: str) -> bytes | None:
     """A /proc file of the process, bounded, never following a link or opening a FIFO."""
     try:
         fd = os.open(f"/proc/{pid}/{name}", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -140,7 +140,7 @@ def identify(args: dict[str, str]) -> tuple[str, dict[str, str | None], int | No
         pidfd = int(libc.syscall(_SYS_PIDFD_OPEN, pid, 0))
         if pidfd < 0:
             return "none", facts, None
-        comm = (_read_proc(pid, "comm") or b"").strip().decode("utf-8", "replace")
+        comm = (read_proc(pid, "comm") or b"").strip().decode("utf-8", "replace")
         if comm[:15] != args["comm"][:15]:
             os.close(pidfd)
             return "none", facts, None  # another process has this pid now
@@ -148,8 +148,8 @@ def identify(args: dict[str, str]) -> tuple[str, dict[str, str | None], int | No
         exe = None
         with contextlib.suppress(OSError):
             exe = os.readlink(f"/proc/{pid}/exe")
-        cmdline = _read_proc(pid, "cmdline")
-        cgroups = _read_proc(pid, "cgroup")
+        cmdline = read_proc(pid, "cmdline")
+        cgroups = read_proc(pid, "cgroup")
         namespace = None
         with contextlib.suppress(OSError):
             if os.readlink(f"/proc/{pid}/ns/pid") != os.readlink("/proc/self/ns/pid"):

@@ -39,6 +39,7 @@ from redhand.collect.helper import (
     collect,
     identify,
     occupy_standard_descriptors,
+    read_proc,
     recent_crashes,
     remember_pattern,
     start_analysis,
@@ -119,11 +120,7 @@ def peer_of(pidfd: int) -> Peer:
 
 
 def _proc(pid: int, name: str) -> str:
-    try:
-        with open(f"/proc/{pid}/{name}", "rb") as file:
-            return file.read(64 << 10).decode("utf-8", "replace")
-    except OSError:
-        return ""
+    return (read_proc(pid, name) or b"").decode("utf-8", "replace")
 
 
 def _core_limit(pid: int) -> str:
